@@ -1,0 +1,101 @@
+"""The OpenAI chat passthrough: request fixes and stream filtering over recorded streams."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from wsgiproxy.dialects.openai import ChatStream, chat_upstream_body, error_event
+
+FIXTURES = Path(__file__).parent / "fixtures" / "sse"
+
+
+def run(name: str, client_wants_usage: bool, split: int | None = None) -> tuple[list[bytes], ChatStream]:
+    data = (FIXTURES / name).read_bytes()
+    stream = ChatStream(client_wants_usage)
+    pieces = [data] if split is None else [data[i : i + split] for i in range(0, len(data), split)]
+    out: list[bytes] = []
+    for piece in pieces:
+        out += stream.feed(piece)
+    out += stream.finish()
+    return out, stream
+
+
+def payloads(events: list[bytes]) -> list[object]:
+    result: list[object] = []
+    for event in events:
+        assert event.startswith(b"data: ") and event.endswith(b"\n\n"), event
+        data = event[6:-2]
+        result.append("[DONE]" if data == b"[DONE]" else json.loads(data))
+    return result
+
+
+@pytest.mark.parametrize("name", ["azure_chat_usage.sse", "azure_chat_usage_crlf.sse"])
+@pytest.mark.parametrize("split", [None, 1, 7, 100])
+def test_usage_chunk_only_when_asked(name: str, split: int | None) -> None:
+    without, stream = run(name, client_wants_usage=False, split=split)
+    items = payloads(without)
+    assert items[-1] == "[DONE]" and items.count("[DONE]") == 1
+    assert all(isinstance(i, str) or i["choices"] for i in items), "no empty-choices chunk reaches the client"
+    assert [i["choices"][0]["delta"].get("content") for i in items[:-1]] == ["", "Hello", " world", "!", None]
+    assert stream.usage == {"prompt_tokens": 9, "completion_tokens": 3, "total_tokens": 12}
+
+    with_usage, stream = run(name, client_wants_usage=True, split=split)
+    items = payloads(with_usage)
+    assert items[-2]["choices"] == [] and items[-2]["usage"]["total_tokens"] == 12
+    assert items.count("[DONE]") == 1 and len(items) == len(without) + 1
+
+
+def test_each_event_is_its_own_chunk() -> None:
+    out, _ = run("azure_chat_usage.sse", client_wants_usage=True)
+    assert all(chunk.count(b"data: ") == 1 for chunk in out)
+
+
+def test_second_done_is_dropped() -> None:
+    out, _ = run("double_done.sse", client_wants_usage=False)
+    assert payloads(out).count("[DONE]") == 1
+
+
+def test_keepalive_comments_are_dropped() -> None:
+    out, _ = run("comments_and_keepalives.sse", client_wants_usage=False)
+    assert payloads(out)[-1] == "[DONE]" and len(out) == 4
+
+
+def test_truncated_stream_ends_with_an_error_event() -> None:
+    out, stream = run("truncated.sse", client_wants_usage=False)
+    items = payloads(out)
+    assert "[DONE]" not in items
+    assert items[-1]["error"]["code"] == "upstream_error"
+    assert not stream.done
+
+
+def test_stream_without_done_but_finished_gets_one() -> None:
+    stream = ChatStream(False)
+    body = b'data: {"choices":[{"delta":{},"finish_reason":"stop","index":0}]}\n\n'
+    assert stream.feed(body) == [body]
+    assert stream.finish() == [b"data: [DONE]\n\n"]
+
+
+def test_request_body_untouched_when_not_streaming() -> None:
+    raw = b'{"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}'
+    assert chat_upstream_body(json.loads(raw), raw) == (raw, False)
+
+
+def test_streaming_request_asks_for_usage() -> None:
+    raw = b'{"model":"gpt-4o","messages":[],"stream":true,"stream_options":{"foo":1}}'
+    body, wants = chat_upstream_body(json.loads(raw), raw)
+    assert wants is False
+    assert json.loads(body)["stream_options"] == {"foo": 1, "include_usage": True}
+
+
+def test_streaming_request_that_asked_for_usage_is_untouched() -> None:
+    raw = b'{"model":"gpt-4o","messages":[],"stream":true,"stream_options":{"include_usage":true}}'
+    assert chat_upstream_body(json.loads(raw), raw) == (raw, True)
+
+
+def test_error_event_is_what_the_openai_sdk_raises_on() -> None:
+    event = error_event("boom")
+    assert json.loads(event[6:-2]) == {"error": {"message": "boom", "type": "api_error", "param": None,
+                                                 "code": "upstream_error"}}

@@ -1,0 +1,84 @@
+"""Calling a SAP AI Core deployment: token, headers, one retry after a 401.
+
+This module knows nothing about client formats: it sends bytes to ``{deployment URL}{suffix}``
+and hands back the urllib3 response, status and body untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+import typing as t
+from functools import partial
+from urllib.parse import urlencode
+
+from .tokens import TokenCache, fetch_token
+from .transport import Transport, discard
+
+if t.TYPE_CHECKING:
+    import urllib3
+
+    from ..config import Settings, SubAccount
+    from .catalog import Deployment
+
+log = logging.getLogger("wsgiproxy.aicore")
+
+
+class AICoreClient:
+    """Per-process access to every configured subaccount."""
+
+    def __init__(self, settings: Settings, transport: Transport | None = None) -> None:
+        self.settings = settings
+        self.transport = transport or Transport(settings.pool_maxsize, settings.pool_timeout, settings.ca_bundle)
+        self.tokens: dict[str, TokenCache] = {
+            sub.name: TokenCache(
+                partial(fetch_token, self.transport, sub.credentials, settings.token_timeout),
+                settings.token_refresh_margin,
+            )
+            for sub in settings.subaccounts
+        }
+
+    def post(
+        self,
+        deployment: Deployment,
+        suffix: str,
+        body: bytes,
+        *,
+        query: t.Mapping[str, str] | None = None,
+        stream: bool = False,
+        accept: str = "application/json",
+    ) -> urllib3.BaseHTTPResponse:
+        """POST ``body`` to the deployment; a 401 (expired token) is retried once with a new token."""
+        url = deployment.url + suffix
+        if query:
+            url += "?" + urlencode(query)
+        sub = deployment.subaccount
+        cache = self.tokens[sub.name]
+        for attempt in (1, 2):
+            token = cache.get()
+            response = self.transport.request(
+                "POST",
+                url,
+                headers=self._headers(sub, token, accept),
+                body=body,
+                connect_timeout=self.settings.connect_timeout,
+                read_timeout=self.settings.read_timeout,
+                stream=stream,
+            )
+            if response.status != 401 or attempt == 2:
+                return response
+            log.info("SAP AI Core answered 401 for subaccount %s; fetching a new token and retrying once", sub.name)
+            discard(response)
+            cache.invalidate(token)
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _headers(sub: SubAccount, token: str, accept: str) -> dict[str, str]:
+        return {
+            "Authorization": f"Bearer {token}",
+            "AI-Resource-Group": sub.resource_group,
+            "Content-Type": "application/json",
+            "Accept": accept,
+            # Streams are parsed event by event: a compressed body would only add work.
+            "Accept-Encoding": "identity",
+            "AI-Client-Type": "wsgiproxy",
+        }

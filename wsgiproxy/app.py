@@ -1,0 +1,147 @@
+"""The WSGI callable: route → authenticate → endpoint → response, and every error rendered.
+
+Settings are loaded and validated when the app is created; the per-process state (upstream
+pool, token caches, round-robin counters) is created on the first request of each process, so
+the app can be imported before gunicorn forks its workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import typing as t
+import uuid
+
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+from werkzeug.routing import Map, Rule
+
+from .aicore.catalog import Catalog
+from .aicore.client import AICoreClient
+from .aicore.transport import Transport
+from .auth import KeyChecker
+from .config import Settings, load_settings
+from .endpoints import Call
+from .endpoints.chat import chat_completions
+from .endpoints.embeddings import embeddings
+from .endpoints.health import health
+from .endpoints.models import get_model, list_models
+from .errors import FACE_KEY, ApiError, UpstreamError, UpstreamTimeout
+
+if t.TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+
+log = logging.getLogger("wsgiproxy")
+
+Endpoint = t.Callable[[Call], t.Any]
+
+
+class Route(t.NamedTuple):
+    handler: Endpoint
+    face: str  # error format: "openai" (or "anthropic")
+    authenticated: bool
+
+
+ROUTES: dict[str, Route] = {
+    "health": Route(health, "openai", False),
+    "models": Route(list_models, "openai", True),
+    "model": Route(get_model, "openai", True),
+    "chat": Route(chat_completions, "openai", True),
+    "embeddings": Route(embeddings, "openai", True),
+}
+
+URL_MAP = Map(
+    [
+        Rule("/health", endpoint="health", methods=["GET"]),
+        Rule("/v1/models", endpoint="models", methods=["GET"]),
+        Rule("/v1/models/<path:model>", endpoint="model", methods=["GET"]),
+        Rule("/v1/chat/completions", endpoint="chat", methods=["POST"]),
+        Rule("/v1/embeddings", endpoint="embeddings", methods=["POST"]),
+    ],
+    strict_slashes=False,
+    merge_slashes=False,
+)
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+class _ProcessState:
+    """What each process owns: created after fork, on first use."""
+
+    def __init__(self, settings: Settings, transport: Transport | None) -> None:
+        self.pid = os.getpid()
+        self.catalog = Catalog(settings)
+        self.client = AICoreClient(settings, transport)
+
+
+class WsgiProxy:
+    """The proxy as a WSGI application."""
+
+    def __init__(self, settings: Settings, transport: Transport | None = None) -> None:
+        self.settings = settings
+        self.keys = KeyChecker(settings.api_keys)
+        self._transport = transport  # test shim: a fake upstream
+        self._state: _ProcessState | None = None
+        if not self.keys.enabled:
+            log.warning("no secret_authentication_tokens configured: every client is accepted")
+
+    @property
+    def state(self) -> _ProcessState:
+        state = self._state
+        if state is None or state.pid != os.getpid():
+            state = self._state = _ProcessState(self.settings, self._transport)
+        return state
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> t.Iterable[bytes]:
+        request_id = _request_id(environ)
+
+        def start_with_id(status: str, headers: list[tuple[str, str]], exc_info: t.Any = None) -> t.Any:
+            headers.append(("X-Request-Id", request_id))
+            return start_response(status, headers, exc_info)
+
+        response = self._respond(environ, request_id)
+        return response(environ, start_with_id)
+
+    def _respond(self, environ: WSGIEnvironment, request_id: str) -> t.Any:
+        try:
+            adapter = URL_MAP.bind_to_environ(environ)
+            endpoint, args = adapter.match()
+            route = ROUTES[endpoint]
+            environ[FACE_KEY] = route.face
+            key_id = self.keys.check(environ) if route.authenticated else "-"
+            state = self.state
+            call = Call(environ, self.settings, state.catalog, state.client, request_id, key_id, args)
+            return route.handler(call)
+        except ApiError as exc:
+            return exc
+        except MethodNotAllowed as exc:
+            allowed = ", ".join(exc.valid_methods or ())
+            return ApiError(405, f"Method {environ.get('REQUEST_METHOD')} is not allowed here; use {allowed}.",
+                            headers={"Allow": allowed})
+        except NotFound:
+            return ApiError(404, f"Unknown path {environ.get('PATH_INFO', '')!r}; this proxy serves /v1/chat/completions, "
+                            "/v1/embeddings, /v1/models and /health.", code="unknown_url")
+        except HTTPException as exc:
+            return ApiError(exc.code or 400, exc.description or exc.name)
+        except UpstreamTimeout as exc:
+            log.warning("request %s: %s", request_id, exc)
+            return ApiError(504, f"SAP AI Core did not answer in time: {exc}.", code="upstream_timeout")
+        except UpstreamError as exc:
+            log.warning("request %s: %s", request_id, exc)
+            return ApiError(502, f"SAP AI Core could not be reached: {exc}.", code="upstream_unreachable")
+        except Exception:
+            log.exception("request %s failed", request_id)
+            return ApiError(500, f"Internal error in the proxy (request id {request_id}); the proxy log has details.",
+                            code="internal_error")
+
+
+def _request_id(environ: WSGIEnvironment) -> str:
+    given = environ.get("HTTP_X_REQUEST_ID", "")
+    return given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+
+
+def create_app(settings: Settings | None = None, *, transport: Transport | None = None) -> WsgiProxy:
+    """Build the WSGI app; settings default to :func:`~wsgiproxy.config.load_settings`."""
+    settings = settings or load_settings()
+    logging.getLogger("wsgiproxy").setLevel(settings.log_level)
+    return WsgiProxy(settings, transport)

@@ -1,0 +1,91 @@
+"""The OpenAI face on Azure OpenAI deployments: a passthrough with a few deliberate fixes.
+
+Requests: streaming calls always ask upstream for usage (``stream_options.include_usage``) so it
+is known for every request; the body is otherwise forwarded byte for byte.
+
+Streams: each upstream event is forwarded as its own chunk; Azure's prompt-filter chunk (empty
+``choices``, no usage) is dropped because OpenAI clients index ``choices[0]``; the usage-only
+chunk reaches the client only if it asked for it; exactly one ``data: [DONE]`` ends the stream.
+"""
+
+from __future__ import annotations
+
+import json
+import typing as t
+
+from .sse import DONE, SSEDecoder, encode
+
+_DONE_EVENT = encode(DONE)
+
+
+def chat_upstream_body(body: dict[str, t.Any], raw: bytes) -> tuple[bytes, bool]:
+    """The body to send upstream and whether the client itself asked for the usage chunk."""
+    if body.get("stream") is not True:
+        return raw, False
+    options = body.get("stream_options")
+    client_wants_usage = isinstance(options, dict) and options.get("include_usage") is True
+    if client_wants_usage:
+        return raw, True
+    upstream = dict(body)
+    upstream["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
+    return json.dumps(upstream, ensure_ascii=False, separators=(",", ":")).encode(), False
+
+
+def error_event(message: str, *, type: str = "api_error", code: str | None = "upstream_error") -> bytes:
+    """An OpenAI-style error event; the openai SDK raises ``APIError`` on it."""
+    return encode(json.dumps({"error": {"message": message, "type": type, "param": None, "code": code}}).encode())
+
+
+class ChatStream:
+    """Filters an upstream chat-completions SSE stream for an OpenAI client.
+
+    ``feed`` takes raw upstream bytes and returns the events to send, each one element;
+    ``finish`` is called at upstream EOF. ``usage`` holds the usage once seen.
+    """
+
+    def __init__(self, client_wants_usage: bool) -> None:
+        self._decoder = SSEDecoder()
+        self._client_wants_usage = client_wants_usage
+        self.usage: dict[str, t.Any] | None = None
+        self.done = False
+        self.finished_reason: str | None = None
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        out = []
+        for event in self._decoder.feed(chunk):
+            data = event.data
+            if self.done:
+                continue  # nothing after [DONE], and never a second one
+            if data == DONE:
+                self.done = True
+                out.append(_DONE_EVENT)
+                continue
+            if b'"finish_reason":"' in data or b'"finish_reason": "' in data:
+                self.finished_reason = "seen"
+            if b'"choices":[]' in data or b'"choices": []' in data:
+                if not self._take_usage(data):
+                    continue  # Azure's prompt_filter_results chunk
+                if not self._client_wants_usage:
+                    continue
+            out.append(encode(data))
+        return out
+
+    def _take_usage(self, data: bytes) -> bool:
+        try:
+            usage = json.loads(data).get("usage")
+        except (ValueError, AttributeError):
+            return False
+        if isinstance(usage, dict):
+            self.usage = usage
+            return True
+        return False
+
+    def finish(self) -> list[bytes]:
+        """At upstream EOF: complete a stream that lacked ``[DONE]``, or report it cut short."""
+        out = self.feed(b"\n\n")
+        if self.done:
+            return out
+        if self.finished_reason:
+            self.done = True
+            return [*out, _DONE_EVENT]
+        return [*out, error_event("SAP AI Core ended the stream before it was complete")]

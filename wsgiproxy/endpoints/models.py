@@ -1,0 +1,33 @@
+"""``GET /v1/models`` and ``GET /v1/models/{model}`` in the OpenAI list format."""
+
+from __future__ import annotations
+
+import json
+import time
+import typing as t
+
+from werkzeug.wrappers import Response
+
+from ..errors import ApiError
+
+if t.TYPE_CHECKING:
+    from . import Call
+
+_CREATED = int(time.time())
+
+
+def _model(model_id: str) -> dict[str, t.Any]:
+    return {"id": model_id, "object": "model", "created": _CREATED, "owned_by": "sap-ai-core"}
+
+
+def list_models(call: Call) -> Response:
+    payload = {"object": "list", "data": [_model(m) for m in call.catalog.models()]}
+    return Response(json.dumps(payload), content_type="application/json")
+
+
+def get_model(call: Call) -> Response:
+    model = call.args["model"]
+    if model not in call.catalog:
+        raise ApiError(404, f"The model '{model}' does not exist. Available models: {', '.join(call.catalog.models())}.",
+                       code="model_not_found", param="model")
+    return Response(json.dumps(_model(model)), content_type="application/json")

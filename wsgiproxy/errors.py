@@ -1,0 +1,115 @@
+"""Every error wsgiproxy raises, and how a client sees it.
+
+Internal signals are plain exceptions; only :mod:`wsgiproxy.app` and the endpoints turn them
+into :class:`ApiError`, the one client-facing class, which renders itself in the client's own
+API format (the *face* of the route: OpenAI today, Anthropic later)::
+
+    WsgiproxyError
+     ├── ConfigError            a setting is wrong: startup stops with one line
+     └── UpstreamError          SAP AI Core could not be used for this request
+          ├── UpstreamUnreachable   no connection, or it broke before the response (502)
+          ├── UpstreamTimeout       connect or read timed out (504)
+          └── TokenError            no OAuth token for the subaccount (502)
+
+    werkzeug HTTPException
+     └── ApiError               rendered as OpenAI (or Anthropic) error JSON, with status and headers
+"""
+
+from __future__ import annotations
+
+import json
+import typing as t
+
+from werkzeug.exceptions import HTTPException
+
+if t.TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIEnvironment
+
+FACE_KEY = "wsgiproxy.face"
+
+
+class WsgiproxyError(Exception):
+    """Base of wsgiproxy's own exceptions."""
+
+
+class ConfigError(WsgiproxyError):
+    """A setting is missing or wrong; the message is one line naming source, key and expectation."""
+
+
+class UpstreamError(WsgiproxyError):
+    """SAP AI Core could not be used; ``upstream_saw_it`` tells whether a retry could repeat work."""
+
+    upstream_saw_it = True
+
+
+class UpstreamUnreachable(UpstreamError):
+    upstream_saw_it = False
+
+
+class UpstreamTimeout(UpstreamError):
+    pass
+
+
+class TokenError(UpstreamError):
+    upstream_saw_it = False
+
+
+# OpenAI's error "type" per status, as the official API answers.
+_OPENAI_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    405: "invalid_request_error",
+    408: "timeout_error",
+    409: "invalid_request_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    500: "api_error",
+    502: "api_error",
+    503: "api_error",
+    504: "timeout_error",
+}
+
+
+class ApiError(HTTPException):
+    """An error answered to a client, as JSON in the format of the API it called."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        type: str | None = None,
+        headers: t.Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(description=message)
+        self.code = status
+        self.message = message
+        self.error_code = code
+        self.param = param
+        self.error_type = type or _OPENAI_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+        self.extra_headers = dict(headers or {})
+
+    def payload(self, face: str = "openai") -> dict[str, t.Any]:
+        return {"error": {"message": self.message, "type": self.error_type, "param": self.param, "code": self.error_code}}
+
+    def get_body(self, environ: WSGIEnvironment | None = None, scope: dict[str, t.Any] | None = None) -> str:
+        face = environ.get(FACE_KEY, "openai") if environ else "openai"
+        return json.dumps(self.payload(face))
+
+    def get_headers(
+        self, environ: WSGIEnvironment | None = None, scope: dict[str, t.Any] | None = None
+    ) -> list[tuple[str, str]]:
+        return [("Content-Type", "application/json"), *self.extra_headers.items()]
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.error_type}: {self.message}"
+
+
+def bad_request(message: str, *, param: str | None = None, code: str | None = None) -> ApiError:
+    return ApiError(400, message, param=param, code=code)
