@@ -1,20 +1,29 @@
 """wsgiproxy: OpenAI- and Anthropic-compatible clients in front of SAP AI Core.
 
-``wsgiproxy:app`` is the WSGI callable that gunicorn, waitress or any WSGI server runs. It is
-built on first access, so importing the package never reads configuration by accident.
+``wsgiproxy:app`` is the WSGI callable that gunicorn, waitress or any WSGI server runs. Both
+names are resolved on first access, so importing the package (or ``wsgiproxy.sim``) neither
+reads configuration nor imports urllib3 and ssl before gevent can patch them.
 """
 
 from __future__ import annotations
 
 import typing as t
 
-from .app import create_app
-
 __all__ = ["app", "create_app"]
+
+if t.TYPE_CHECKING:
+    from .app import WsgiProxy, create_app
+
+    app: WsgiProxy
 
 
 def __getattr__(name: str) -> t.Any:
+    if name == "create_app":
+        from .app import create_app
+
+        return create_app
     if name == "app":
+        from .app import create_app
         from .errors import ConfigError
 
         try:

@@ -97,12 +97,12 @@ class Transport:
 
 def _mapped(exc: BaseException, url: str) -> Exception:
     host = urllib3.util.parse_url(url).host
+    if isinstance(exc, NewConnectionError):  # a subclass of ConnectTimeoutError: test it first
+        return UpstreamUnreachable(f"cannot connect to {host}")
     if isinstance(exc, ConnectTimeoutError):
         return UpstreamTimeout(f"connecting to {host} timed out")
     if isinstance(exc, ReadTimeoutError):
         return UpstreamTimeout(f"{host} did not answer in time")
-    if isinstance(exc, NewConnectionError):
-        return UpstreamUnreachable(f"cannot connect to {host}")
     if isinstance(exc, EmptyPoolError):
         return UpstreamUnreachable(f"no free connection to {host} (pool exhausted)")
     if isinstance(exc, SSLError):
