@@ -95,7 +95,7 @@ def test_fetch_token_sends_client_credentials() -> None:
     transport = FakeTransport(token_answer=response(200, {"access_token": "T", "expires_in": "43199"}))
     assert fetch_token(transport, CREDS, 5) == ("T", 43199.0)  # type: ignore[arg-type]
     (sent,) = transport.sent
-    assert sent.method == "POST" and sent.url == CREDS.token_url
+    assert sent.method == "POST" and sent.url == CREDS.auth_url
     assert parse_qs(sent.body.decode()) == {"grant_type": ["client_credentials"], "client_id": ["client"],
                                             "client_secret": ["secret"]}
     assert sent.headers["Content-Type"] == "application/x-www-form-urlencoded"

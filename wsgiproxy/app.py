@@ -100,7 +100,8 @@ class WsgiProxy:
             return start_response(status, headers, exc_info)
 
         response = self._respond(environ, request_id)
-        return response(environ, start_with_id)
+        body: t.Iterable[bytes] = response(environ, start_with_id)
+        return body
 
     def _respond(self, environ: WSGIEnvironment, request_id: str) -> t.Any:
         try:
@@ -119,7 +120,8 @@ class WsgiProxy:
             return ApiError(405, f"Method {environ.get('REQUEST_METHOD')} is not allowed here; use {allowed}.",
                             headers={"Allow": allowed})
         except NotFound:
-            return ApiError(404, f"Unknown path {environ.get('PATH_INFO', '')!r}; this proxy serves /v1/chat/completions, "
+            path = environ.get("PATH_INFO", "")
+            return ApiError(404, f"Unknown path {path!r}; this proxy serves /v1/chat/completions, "
                             "/v1/embeddings, /v1/models and /health.", code="unknown_url")
         except HTTPException as exc:
             return ApiError(exc.code or 400, exc.description or exc.name)

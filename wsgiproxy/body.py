@@ -73,7 +73,8 @@ def json_object(raw: bytes) -> dict[str, t.Any]:
     except UnicodeDecodeError:
         raise bad_request("Request body is not UTF-8 text; expected a JSON object.") from None
     except json.JSONDecodeError as exc:
-        raise bad_request(f"Request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}.") from None
+        where = f"line {exc.lineno} column {exc.colno}"
+        raise bad_request(f"Request body is not valid JSON: {exc.msg} at {where}.") from None
     if not isinstance(value, dict):
         raise bad_request(f"Request body is a JSON {type(value).__name__}; expected a JSON object.")
     return value

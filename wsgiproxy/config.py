@@ -36,14 +36,8 @@ class Credentials:
 
     client_id: str
     client_secret: str = field(repr=False)
-    auth_url: str  # full token endpoint, ending in /oauth/token
+    auth_url: str  # the token endpoint, ending in /oauth/token
     api_url: str  # AI_API_URL, without /v2
-    cert_file: str | None = None  # x509 service keys: client certificate (mTLS)
-    key_file: str | None = None
-
-    @property
-    def token_url(self) -> str:
-        return self.auth_url
 
 
 @dataclass(frozen=True)
@@ -216,7 +210,8 @@ def load_settings(environ: t.Mapping[str, str] | None = None) -> Settings:
     env_subaccount = _subaccount_from_env(env)
     if env_subaccount is not None:
         if any(s.name == env_subaccount.name for s in subaccounts):
-            raise ConfigError(f"{source}: subAccounts already has {env_subaccount.name!r}, which the AICORE_* variables also define")
+            raise ConfigError(f"{source}: subAccounts already has {env_subaccount.name!r}, "
+                              "which the AICORE_* variables also define")
         subaccounts = subaccounts + (env_subaccount,)
     if not subaccounts:
         raise ConfigError(
@@ -264,7 +259,8 @@ def _subaccounts_from_file(raw: t.Mapping[str, object], source: str, base_dir: P
     if "subAccounts" in raw:
         block = raw["subAccounts"]
         if not isinstance(block, dict):
-            raise ConfigError(f"{source}: 'subAccounts' is {type(block).__name__}; expected an object of name -> subaccount")
+            raise ConfigError(f"{source}: 'subAccounts' is {type(block).__name__}; "
+                              "expected an object of name -> subaccount")
         for name, entry in block.items():
             if not isinstance(entry, dict):
                 raise ConfigError(f"{source}: 'subAccounts.{name}' is {type(entry).__name__}; expected an object")
@@ -274,7 +270,9 @@ def _subaccounts_from_file(raw: t.Mapping[str, object], source: str, base_dir: P
         if "default" in entries:
             raise ConfigError(f"{source}: legacy top-level {sorted(flat)[0]!r} conflicts with 'subAccounts.default'")
         entries["default"] = flat
-    return tuple(_subaccount(name, entry, f"{source}: 'subAccounts.{name}", base_dir) for name, entry in entries.items())
+    return tuple(
+        _subaccount(name, entry, f"{source}: 'subAccounts.{name}", base_dir) for name, entry in entries.items()
+    )
 
 
 def _subaccount(name: str, entry: t.Mapping[str, object], where: str, base_dir: Path) -> SubAccount:
@@ -308,7 +306,8 @@ def _subaccount(name: str, entry: t.Mapping[str, object], where: str, base_dir: 
         for deployment_id in _id_list(id_list, f"{where}.deployment_ids.{model}'"):
             deployments.setdefault(model, []).append(f"{credentials.api_url}/v2/inference/deployments/{deployment_id}")
     if not deployments:
-        raise ConfigError(f"{where}': no deployments; expected 'deployment_models' or 'deployment_ids' with at least one model")
+        raise ConfigError(f"{where}': no deployments; "
+                          "expected 'deployment_models' or 'deployment_ids' with at least one model")
     return SubAccount(
         name=name,
         credentials=credentials,
@@ -379,6 +378,9 @@ def _api_url(url: str) -> str:
     return url[: -len("/v2")] if url.endswith("/v2") else url
 
 
+_AICORE_VARIABLES = ("AICORE_CLIENT_ID", "AICORE_CLIENT_SECRET", "AICORE_AUTH_URL", "AICORE_BASE_URL")
+
+
 def _subaccount_from_env(env: t.Mapping[str, str]) -> SubAccount | None:
     """One subaccount from AICORE_SERVICE_KEY or the separate AICORE_* variables, if set."""
     resource_group = env.get("AICORE_RESOURCE_GROUP", "").strip() or "default"
@@ -386,13 +388,14 @@ def _subaccount_from_env(env: t.Mapping[str, str]) -> SubAccount | None:
         try:
             key = json.loads(env["AICORE_SERVICE_KEY"])
         except json.JSONDecodeError as exc:
-            raise ConfigError(f"AICORE_SERVICE_KEY: invalid JSON ({exc.msg}); expected the service key JSON as a string") from None
+            raise ConfigError(f"AICORE_SERVICE_KEY: invalid JSON ({exc.msg}); "
+                              "expected the service key JSON as a string") from None
         if not isinstance(key, dict):
             raise ConfigError("AICORE_SERVICE_KEY: expected the service key JSON object")
         credentials = credentials_from_service_key(key, "AICORE_SERVICE_KEY")
-    elif any(env.get(name, "").strip() for name in ("AICORE_CLIENT_ID", "AICORE_CLIENT_SECRET", "AICORE_AUTH_URL", "AICORE_BASE_URL")):
+    elif any(env.get(name, "").strip() for name in _AICORE_VARIABLES):
         values = {}
-        for name in ("AICORE_CLIENT_ID", "AICORE_CLIENT_SECRET", "AICORE_AUTH_URL", "AICORE_BASE_URL"):
+        for name in _AICORE_VARIABLES:
             value = env.get(name, "").strip()
             if not value:
                 raise ConfigError(f"{name}: not set; expected it together with the other AICORE_* variables")
@@ -414,7 +417,8 @@ def _env_deployments(env: t.Mapping[str, str], credentials: Credentials) -> dict
     """``AICORE_DEPLOYMENTS`` maps models to deployment ids or URLs: ``gpt-4o=d123,gpt-5=d456``."""
     spec = env.get("AICORE_DEPLOYMENTS", "").strip()
     if not spec:
-        raise ConfigError("AICORE_DEPLOYMENTS: not set; expected model=deployment-id pairs, e.g. gpt-4o=d19b998f347341aa,gpt-5=d2a1...")
+        raise ConfigError("AICORE_DEPLOYMENTS: not set; expected model=deployment-id pairs, "
+                          "e.g. gpt-4o=d19b998f347341aa,gpt-5=d2a1...")
     deployments: dict[str, list[str]] = {}
     for item in spec.split(","):
         model, sep, target = item.partition("=")
@@ -435,7 +439,8 @@ def _api_keys(raw: t.Mapping[str, object], source: str) -> tuple[str, ...]:
         raise ConfigError(f"{source}: 'secret_authentication_tokens' must be a list of strings (client API keys)")
     for key in keys:
         if len(key.strip()) < 8:
-            raise ConfigError(f"{source}: 'secret_authentication_tokens' has a key shorter than 8 characters; expected long random secrets")
+            raise ConfigError(f"{source}: 'secret_authentication_tokens' has a key shorter than 8 characters; "
+                              "expected long random secrets")
     return tuple(dict.fromkeys(k.strip() for k in keys))
 
 
@@ -448,15 +453,17 @@ def _host(raw: t.Mapping[str, object], source: str) -> str:
 
 def _port(raw: t.Mapping[str, object], source: str) -> int:
     port = raw.get("port", 3001)
-    if isinstance(port, bool) or not isinstance(port, (int, str)) or not str(port).isdigit() or not 0 < int(port) < 65536:
+    number = int(port) if isinstance(port, (int, str)) and not isinstance(port, bool) and str(port).isdigit() else 0
+    if not 0 < number < 65536:
         raise ConfigError(f"{source}: 'port' got {port!r}; expected an integer from 1 to 65535")
-    return int(port)
+    return number
 
 
 def _model_filters(raw: t.Mapping[str, object], source: str) -> ModelFilters:
     block = raw.get("model_filters", {})
     if not isinstance(block, dict) or set(block) - {"include_filters", "exclude_filters"}:
-        raise ConfigError(f"{source}: 'model_filters' expected an object with 'include_filters' and/or 'exclude_filters'")
+        raise ConfigError(f"{source}: 'model_filters' expected an object with "
+                          "'include_filters' and/or 'exclude_filters'")
     compiled: dict[str, tuple[re.Pattern[str], ...]] = {}
     for key in ("include_filters", "exclude_filters"):
         patterns = block.get(key, [])

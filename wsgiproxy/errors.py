@@ -96,7 +96,8 @@ class ApiError(HTTPException):
         self.extra_headers = dict(headers or {})
 
     def payload(self, face: str = "openai") -> dict[str, t.Any]:
-        return {"error": {"message": self.message, "type": self.error_type, "param": self.param, "code": self.error_code}}
+        error = {"message": self.message, "type": self.error_type, "param": self.param, "code": self.error_code}
+        return {"error": error}
 
     def get_body(self, environ: WSGIEnvironment | None = None, scope: dict[str, t.Any] | None = None) -> str:
         face = environ.get(FACE_KEY, "openai") if environ else "openai"

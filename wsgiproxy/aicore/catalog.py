@@ -84,12 +84,6 @@ class Catalog:
     def __contains__(self, model: object) -> bool:
         return model in self._groups
 
-    def candidates(self, model: str) -> tuple[Deployment, ...]:
-        groups = self._groups.get(model)
-        if groups is None:
-            raise UnknownModel(model, self.models())
-        return tuple(dep for group in groups for dep in group)
-
     def pick(self, model: str) -> Deployment:
         """The next deployment for ``model``, round-robin across subaccounts, then URLs."""
         groups = self._groups.get(model)

@@ -37,21 +37,21 @@ def fetch_token(transport: Transport, credentials: Credentials, timeout: float) 
     # Credentials in the form body, as SAP's own SDK sends them (one method only, per RFC 6749).
     headers = {"Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json"}
     try:
-        response = transport.request("POST", credentials.token_url, headers=headers, body=body,
+        response = transport.request("POST", credentials.auth_url, headers=headers, body=body,
                                      connect_timeout=timeout, read_timeout=timeout, stream=False)
     except UpstreamError as exc:
-        raise TokenError(f"token request to {credentials.token_url} failed: {exc}") from exc
+        raise TokenError(f"token request to {credentials.auth_url} failed: {exc}") from exc
     if response.status != 200:
-        raise TokenError(f"token request to {credentials.token_url} answered {response.status}: "
+        raise TokenError(f"token request to {credentials.auth_url} answered {response.status}: "
                          f"{_describe(response.data)}")
     try:
         payload = json.loads(response.data)
         token = payload["access_token"]
         expires_in = float(payload.get("expires_in", 3600))
     except (ValueError, KeyError, TypeError):
-        raise TokenError(f"token response from {credentials.token_url} has no access_token") from None
+        raise TokenError(f"token response from {credentials.auth_url} has no access_token") from None
     if not isinstance(token, str) or not token:
-        raise TokenError(f"token response from {credentials.token_url} has an empty access_token")
+        raise TokenError(f"token response from {credentials.auth_url} has an empty access_token")
     return token, expires_in
 
 

@@ -28,6 +28,7 @@ def list_models(call: Call) -> Response:
 def get_model(call: Call) -> Response:
     model = call.args["model"]
     if model not in call.catalog:
-        raise ApiError(404, f"The model '{model}' does not exist. Available models: {', '.join(call.catalog.models())}.",
+        available = ", ".join(call.catalog.models())
+        raise ApiError(404, f"The model '{model}' does not exist. Available models: {available}.",
                        code="model_not_found", param="model")
     return Response(json.dumps(_model(model)), content_type="application/json")

@@ -22,8 +22,8 @@ import gevent  # noqa: E402
 from gevent.event import Event  # noqa: E402
 
 from .app import create_app  # noqa: E402
-from .service_key import write_atomically, write_config  # noqa: E402
 from .server import base_url, serve_gevent  # noqa: E402
+from .service_key import write_atomically, write_config  # noqa: E402
 from .settings import DEFAULT_TOKEN_TTL, Settings  # noqa: E402
 from .state import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, SimState  # noqa: E402
 

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from werkzeug.wrappers import Request, Response
 
 from .call import Call, Dialect, Route
+from .effects import retry_after_seconds
 from .errors import Rejected, custom, json_response
 from .faults import Fault
-from .effects import retry_after_seconds
 from .streaming import sse_event, sse_response
 from .text import answer_text, count_tokens, float32_base64, split_chunks, truncate, unit_vector
 
