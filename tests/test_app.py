@@ -342,3 +342,16 @@ def test_round_robin_across_subaccounts_and_urls() -> None:
     urls = [call.url.split("/chat")[0].rsplit("/", 1)[-1] for call in transport.calls()]
     assert urls == ["a1", "b1", "a2", "b1", "a1", "b1"]
     assert [call.headers["AI-Resource-Group"] for call in transport.calls()][:2] == ["rg-a", "rg-b"]
+
+
+def test_no_key_or_token_reaches_the_log(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("DEBUG")
+    transport = FakeTransport([response(401, b"Jwt is expired"), response(429, {"error": {"message": "slow down"}}),
+                               UpstreamUnreachable("cannot connect to api.example")])
+    c = client(transport)
+    c.post("/v1/chat/completions", json=CHAT, headers=AUTH)
+    c.post("/v1/chat/completions", json=CHAT, headers=AUTH)
+    c.post("/v1/chat/completions", json=CHAT, headers={"Authorization": "Bearer wrong-key-123456"})
+    assert caplog.records, "the failures above were logged"
+    for secret in (KEY, KEY[:8], "tok-1", "tok-2", "wrong-key", "secret"):
+        assert secret not in caplog.text
