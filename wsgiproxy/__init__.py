@@ -12,19 +12,19 @@ import typing as t
 __all__ = ["app", "create_app"]
 
 if t.TYPE_CHECKING:
-    from .app import WsgiProxy, create_app
+    from .proxy import WsgiProxy, create_app
 
     app: WsgiProxy
 
 
 def __getattr__(name: str) -> t.Any:
     if name == "create_app":
-        from .app import create_app
+        from .proxy import create_app
 
         return create_app
     if name == "app":
-        from .app import create_app
         from .errors import ConfigError
+        from .proxy import create_app
 
         try:
             application = create_app()

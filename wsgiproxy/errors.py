@@ -1,6 +1,6 @@
 """Every error wsgiproxy raises, and how a client sees it.
 
-Internal signals are plain exceptions; only :mod:`wsgiproxy.app` and the endpoints turn them
+Internal signals are plain exceptions; only :mod:`wsgiproxy.proxy` and the endpoints turn them
 into :class:`ApiError`, the one client-facing class, which renders itself in the client's own
 API format (the *face* of the route: OpenAI today, Anthropic later)::
 

@@ -11,7 +11,7 @@ from urllib3.exceptions import ProtocolError, ReadTimeoutError
 from werkzeug.test import Client
 
 from tests.fakes import ChunkedBody, FakeTransport, response
-from wsgiproxy.app import create_app
+from wsgiproxy.proxy import create_app
 from wsgiproxy.config import Credentials, Settings, SubAccount
 from wsgiproxy.errors import UpstreamTimeout, UpstreamUnreachable
 

@@ -83,7 +83,8 @@ class WsgiProxy:
         self._transport = transport  # test shim: a fake upstream
         self._state: _ProcessState | None = None
         if not self.keys.enabled:
-            log.warning("no secret_authentication_tokens configured: every client is accepted")
+            log.warning("no client keys configured (secret_authentication_tokens, WSGIPROXY_API_KEYS): "
+                        "authentication is disabled, every client is accepted")
 
     @property
     def state(self) -> _ProcessState:
