@@ -128,6 +128,8 @@ def test_tunables_from_file_and_env(tmp_path: Path) -> None:
         ({"subAccounts": {"a": {"service_key_json": "keys/a.json", "deployment_ids": {"m": ["d1"]}}},
           "secret_authentication_tokens": ["short"]}, {}, "shorter than 8"),
         ({"subAccounts": {"a": {"service_key_json": "keys/a.json", "deployment_ids": {"m": ["d1"]}}}},
+         {"WSGIPROXY_API_KEYS": "long-enough-key,short"}, "WSGIPROXY_API_KEYS: a key is shorter than 8"),
+        ({"subAccounts": {"a": {"service_key_json": "keys/a.json", "deployment_ids": {"m": ["d1"]}}}},
          {"WSGIPROXY_READ_TIMEOUT": "soon"}, "WSGIPROXY_READ_TIMEOUT: got 'soon'; expected a positive number"),
         ({"subAccounts": {"a": {"service_key_json": "keys/a.json", "deployment_ids": {"m": ["d1"]}}},
           "pool_maxsize": 0}, {}, "'pool_maxsize': got 0; expected a positive integer"),
@@ -224,3 +226,10 @@ def test_tunables_table_lists_every_tunable() -> None:
     table = tunables_markdown()
     for tunable in TUNABLES:
         assert f"`{tunable.env}`" in table
+
+
+def test_client_keys_from_the_environment(tmp_path: Path) -> None:
+    path = write(tmp_path, {"subAccounts": {"a": {"service_key_json": "keys/a.json", "deployment_ids": {"m": ["d1"]}}},
+                            "secret_authentication_tokens": ["from-the-file-1"]})
+    settings = load(path, WSGIPROXY_API_KEYS=" from-the-env-1 ,from-the-env-2,,from-the-file-1")
+    assert settings.api_keys == ("from-the-file-1", "from-the-env-1", "from-the-env-2")

@@ -231,7 +231,7 @@ def load_settings(environ: t.Mapping[str, str] | None = None) -> Settings:
 
     return Settings(
         subaccounts=subaccounts,
-        api_keys=_api_keys(raw, source),
+        api_keys=_api_keys(raw, env, source),
         host=_host(raw, source),
         port=_port(raw, source),
         model_filters=_model_filters(raw, source),
@@ -433,15 +433,17 @@ def _env_deployments(env: t.Mapping[str, str], credentials: Credentials) -> dict
     return {model: tuple(urls) for model, urls in deployments.items()}
 
 
-def _api_keys(raw: t.Mapping[str, object], source: str) -> tuple[str, ...]:
+def _api_keys(raw: t.Mapping[str, object], env: t.Mapping[str, str], source: str) -> tuple[str, ...]:
+    """Client keys from the file's ``secret_authentication_tokens`` plus ``WSGIPROXY_API_KEYS`` (comma-separated)."""
     keys = raw.get("secret_authentication_tokens", [])
     if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
         raise ConfigError(f"{source}: 'secret_authentication_tokens' must be a list of strings (client API keys)")
-    for key in keys:
+    sources = [(f"{source}: 'secret_authentication_tokens'", key) for key in keys]
+    sources += [("WSGIPROXY_API_KEYS", key) for key in env.get("WSGIPROXY_API_KEYS", "").split(",") if key.strip()]
+    for where, key in sources:
         if len(key.strip()) < 8:
-            raise ConfigError(f"{source}: 'secret_authentication_tokens' has a key shorter than 8 characters; "
-                              "expected long random secrets")
-    return tuple(dict.fromkeys(k.strip() for k in keys))
+            raise ConfigError(f"{where}: a key is shorter than 8 characters; expected long random secrets")
+    return tuple(dict.fromkeys(key.strip() for _, key in sources))
 
 
 def _host(raw: t.Mapping[str, object], source: str) -> str:
