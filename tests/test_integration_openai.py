@@ -140,6 +140,11 @@ def test_rate_limit_carries_retry_after(proxy: Server, sim: Sim) -> None:
         sdk(proxy).chat.completions.create(model="gpt-4o", messages=MESSAGES)
     assert info.value.response.headers["retry-after"] == "7"
     assert info.value.status_code == 429
+    # The proxy's own log line went through gunicorn's error log (its format), not stray stderr.
+    deadline = time.monotonic() + 5
+    while "[WARNING] SAP AI Core answered 429" not in proxy.output() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "[WARNING] SAP AI Core answered 429 for model gpt-4o" in proxy.output()
 
 
 def test_rate_limit_on_a_stream_request(proxy: Server, sim: Sim) -> None:

@@ -1,0 +1,151 @@
+# ruff: noqa: E402  (gevent must patch before anything else is imported)
+# Gunicorn configuration for wsgiproxy:
+#
+#     gunicorn -c conf/gunicorn.conf.py wsgiproxy:app
+#
+# Every value can be overridden from the environment (command-line flags win over both):
+#
+# | variable                      | setting             | default                                 |
+# |-------------------------------|---------------------|-----------------------------------------|
+# | WSGIPROXY_BIND                | bind                | 0.0.0.0:3001 (comma-separate several)   |
+# | WSGIPROXY_BACKLOG             | backlog             | 2048                                    |
+# | WSGIPROXY_WORKERS             | workers             | $WEB_CONCURRENCY, else 2 x cores + 1    |
+# | WSGIPROXY_WORKER_CONNECTIONS  | worker_connections  | 1000                                    |
+# | WSGIPROXY_TIMEOUT             | timeout             | 60 (worker heartbeat, not a deadline)   |
+# | WSGIPROXY_GRACEFUL_TIMEOUT    | graceful_timeout    | 120 (stream drain on TERM and HUP)      |
+# | WSGIPROXY_KEEPALIVE           | keepalive           | 5                                       |
+# | WSGIPROXY_MAX_REQUESTS        | max_requests        | 0 (workers are never recycled)          |
+# | WSGIPROXY_MAX_REQUESTS_JITTER | max_requests_jitter | 0                                       |
+# | WSGIPROXY_ACCESSLOG           | accesslog           | - (stdout); "off" disables it           |
+# | WSGIPROXY_ERRORLOG            | errorlog            | - (stderr)                              |
+# | WSGIPROXY_LOG_LEVEL           | loglevel            | info (also the app's log level)         |
+# | WSGIPROXY_PIDFILE             | pidfile             | none                                    |
+# | WSGIPROXY_PRELOAD             | preload_app         | true                                    |
+# | WSGIPROXY_WORKER_TMP_DIR      | worker_tmp_dir      | /dev/shm if it exists, else the tmp dir |
+# | WSGIPROXY_FORWARDED_ALLOW_IPS | forwarded_allow_ips | 127.0.0.1,::1                           |
+#
+# The worker class is always gevent: this file monkey-patches for it. The file is executed
+# again on every HUP, so it must stay free of side effects other than the patch (idempotent).
+
+from gevent import monkey
+
+monkey.patch_all()
+# ^ Keep those two statements first. preload_app imports wsgiproxy (and with it urllib3 and
+#   ssl) in the master, before gunicorn's gevent worker would patch; urllib3 then holds the
+#   unpatched ssl.SSLContext and every HTTPS call to SAP AI Core dies with RecursionError.
+#   Patching here, before anything imports the app, avoids that (ops-notes §1.6, pitfall 2).
+
+import os
+import sys
+from pathlib import Path
+
+# `servers` (the hooks) lives next to `conf/`; make it importable when gunicorn runs from a
+# checkout that is not pip-installed, whatever the working directory.
+_ROOT = str(Path(__file__).resolve().parent.parent)
+if (Path(_ROOT) / "servers" / "__init__.py").is_file() and _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+from servers import gunicorn_hooks
+
+# The app's own log lines go to gunicorn's error log; done here, before preload imports the app.
+gunicorn_hooks.route_app_logs_to_gunicorn()
+
+
+def _env(name, default):
+    value = os.environ.get(name, "").strip()
+    return value if value else default
+
+
+def _env_int(name, default, minimum=0):
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        number = None
+    if number is None or number < minimum:
+        raise SystemExit(f"gunicorn.conf.py: {name}={value!r}: expected an integer >= {minimum}")
+    return number
+
+
+def _env_bool(name, default):
+    value = os.environ.get(name, "").strip().lower()
+    if not value:
+        return default
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise SystemExit(f"gunicorn.conf.py: {name}={value!r}: expected true or false")
+
+
+def _cores():
+    try:
+        return len(os.sched_getaffinity(0))  # honours CPU pinning (containers, taskset)
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+# --- sockets -----------------------------------------------------------------------------
+bind = [address.strip() for address in _env("WSGIPROXY_BIND", "0.0.0.0:3001").split(",") if address.strip()]
+backlog = _env_int("WSGIPROXY_BACKLOG", 2048, minimum=1)
+# Requests from these addresses may set X-Forwarded-Proto/For (the nginx in front).
+forwarded_allow_ips = _env("WSGIPROXY_FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
+
+# --- workers -----------------------------------------------------------------------------
+workers = _env_int("WSGIPROXY_WORKERS", _env_int("WEB_CONCURRENCY", 2 * _cores() + 1, minimum=1), minimum=1)
+worker_class = "gevent"
+worker_connections = _env_int("WSGIPROXY_WORKER_CONNECTIONS", 1000, minimum=1)
+# Each stream counts as one request, and a recycled worker cuts its streams after
+# graceful_timeout: leave recycling off unless memory grows (ops-notes §1.5).
+max_requests = _env_int("WSGIPROXY_MAX_REQUESTS", 0)
+max_requests_jitter = _env_int("WSGIPROXY_MAX_REQUESTS_JITTER", 0)
+
+# --- timeouts ----------------------------------------------------------------------------
+# `timeout` is NOT a request deadline under gevent: it is the worker heartbeat. The gevent
+# worker's main greenlet touches its heartbeat file every second, so a 30-minute stream is
+# fine as long as nothing blocks the hub. What 600 s (the deployment guide's value) would buy
+# is ten minutes before a wedged worker (CPU loop, unpatched blocking call) is killed and
+# respawned. Keep it short; streams are bounded by WSGIPROXY_READ_TIMEOUT (per upstream read)
+# and, on deploys, by graceful_timeout (ops-notes §1.4, pitfall 4).
+timeout = _env_int("WSGIPROXY_TIMEOUT", 60)
+# How long in-flight streams may finish after TERM or HUP before their worker is killed.
+# Keep systemd TimeoutStopSec / Docker stop_grace_period / k8s terminationGracePeriodSeconds above it.
+graceful_timeout = _env_int("WSGIPROXY_GRACEFUL_TIMEOUT", 120)
+keepalive = _env_int("WSGIPROXY_KEEPALIVE", 5)
+
+# --- logging -----------------------------------------------------------------------------
+accesslog = _env("WSGIPROXY_ACCESSLOG", "-")
+if accesslog.lower() in ("off", "none"):
+    accesslog = None
+errorlog = _env("WSGIPROXY_ERRORLOG", "-")
+loglevel = _env("WSGIPROXY_LOG_LEVEL", "info").lower()
+# remote, time, request line, status, bytes, duration in microseconds, user agent, request id
+access_log_format = '%(h)s %(t)s "%(r)s" %(s)s %(b)s %(D)sus "%(a)s" rid=%({x-request-id}o)s'
+
+# --- process -----------------------------------------------------------------------------
+proc_name = "wsgiproxy"
+# No pidfile unless asked for: systemd (Type=notify) and Docker track the master pid
+# themselves, and a pidfile left by a SIGKILLed master blocks the next start whenever its
+# pid has been reused ("Already running on PID N"), which in containers is likely.
+# Set WSGIPROXY_PIDFILE for init scripts or `kill -HUP $(cat ...)`.
+pidfile = _env("WSGIPROXY_PIDFILE", None)
+# Import the app once in the master: a bad config stops the start before any worker forks,
+# and workers fork faster. Safe with gevent because of the patch at the top of this file.
+# Note: HUP then restarts the workers but does not re-read config.json; restart (or USR2).
+preload_app = _env_bool("WSGIPROXY_PRELOAD", True)
+# The heartbeat file on a tmpfs: heartbeat I/O on a disk-backed /tmp can stall (gunicorn FAQ).
+worker_tmp_dir = _env("WSGIPROXY_WORKER_TMP_DIR", "/dev/shm" if os.path.isdir("/dev/shm") else None)
+# gunicorn >= 25.1 opens a control socket under $XDG_RUNTIME_DIR or ~/.gunicorn by default;
+# a second instance of the same user steals it. We do not use it.
+control_socket_disable = True
+
+# --- hooks (servers/gunicorn_hooks.py) ---------------------------------------------------
+on_starting = gunicorn_hooks.on_starting
+on_reload = gunicorn_hooks.on_reload
+when_ready = gunicorn_hooks.when_ready
+post_worker_init = gunicorn_hooks.post_worker_init
+worker_int = gunicorn_hooks.worker_int
+worker_abort = gunicorn_hooks.worker_abort
+child_exit = gunicorn_hooks.child_exit
