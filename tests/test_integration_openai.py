@@ -15,7 +15,7 @@ from pathlib import Path
 
 import openai
 import pytest
-from _stack import DEFAULT_KEY, Server, Sim, Stack, http_request
+from _stack import DEFAULT_KEY, Server, Sim, Stack, free_port, http_request
 
 pytestmark = pytest.mark.integration
 
@@ -269,3 +269,24 @@ def test_413_for_a_large_chunked_body(stack_m: Stack, sim: Sim, tmp_path: Path) 
         assert sim.stats()["inference_requests"] == 0
     finally:
         limited.stop()
+
+
+def test_upstream_timeout_is_504_and_unreachable_is_502(stack_m: Stack, sim: Sim, tmp_path: Path) -> None:
+    dead_port = free_port()
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({
+        "subAccounts": {"sim": {"service_key_json": str(sim.service_key_path), "deployment_models": {
+            "gpt-4o": [json.loads(sim.config_path.read_text())["subAccounts"]["sim"]["deployment_models"]["gpt-4o"][0]],
+            "gone": [f"http://127.0.0.1:{dead_port}/v2/inference/deployments/0000000000000000"]}}},
+        "secret_authentication_tokens": [DEFAULT_KEY]}))
+    impatient = stack_m.gunicorn(config, workers=1, extra_env={"WSGIPROXY_READ_TIMEOUT": "1"})
+    try:
+        sim.control("/_sim/faults", {"faults": [{"kind": "delay", "seconds": 3}]})
+        with pytest.raises(openai.APIStatusError) as info:
+            sdk(impatient).chat.completions.create(model="gpt-4o", messages=MESSAGES)
+        assert info.value.status_code == 504
+        with pytest.raises(openai.APIStatusError) as info:
+            sdk(impatient).chat.completions.create(model="gone", messages=MESSAGES)
+        assert info.value.status_code == 502 and "cannot connect" in str(info.value)
+    finally:
+        impatient.stop()
