@@ -281,6 +281,7 @@ def test_token_failure_is_a_502() -> None:
     transport = FakeTransport(token_answer=response(401, {"error": "unauthorized", "error_description": "Bad credentials"}))
     resp = client(transport).post("/v1/chat/completions", json=CHAT, headers=AUTH)
     assert resp.status_code == 502 and "Bad credentials" in error_of(resp)["message"]
+    assert error_of(resp)["code"] == "upstream_auth_failed"
 
 
 @pytest.mark.parametrize(("exc", "status"), [(UpstreamTimeout("slow"), 504), (UpstreamUnreachable("down"), 502)])

@@ -26,7 +26,7 @@ from .endpoints.chat import chat_completions
 from .endpoints.embeddings import embeddings
 from .endpoints.health import health
 from .endpoints.models import get_model, list_models
-from .errors import FACE_KEY, ApiError, UpstreamError, UpstreamTimeout
+from .errors import FACE_KEY, ApiError, TokenError, UpstreamError, UpstreamTimeout
 
 if t.TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -126,6 +126,9 @@ class WsgiProxy:
                             "/v1/embeddings, /v1/models and /health.", code="unknown_url")
         except HTTPException as exc:
             return ApiError(exc.code or 400, exc.description or exc.name)
+        except TokenError as exc:
+            log.warning("request %s: %s", request_id, exc)
+            return ApiError(502, f"The proxy could not get a SAP AI Core token: {exc}.", code="upstream_auth_failed")
         except UpstreamTimeout as exc:
             log.warning("request %s: %s", request_id, exc)
             return ApiError(504, f"SAP AI Core did not answer in time: {exc}.", code="upstream_timeout")
