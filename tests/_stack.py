@@ -149,12 +149,10 @@ def http_request(
 
 def sse_data(body: bytes) -> list[str]:
     """The ``data:`` payloads of an SSE body, in order (comments and other fields skipped)."""
-    events = []
-    for block in body.decode().replace("\r\n", "\n").split("\n\n"):
-        lines = [line[5:].lstrip(" ") for line in block.split("\n") if line.startswith("data:")]
-        if lines:
-            events.append("\n".join(lines))
-    return events
+    from wsgiproxy.dialects.sse import SSEDecoder
+
+    decoder = SSEDecoder()
+    return [event.data.decode() for event in decoder.feed(body) + decoder.flush()]
 
 
 def wait_for_http(url: str, *, timeout: float = 30.0, process: subprocess.Popen[bytes] | None = None,

@@ -31,7 +31,6 @@ class RelayedStream:
 
     :param error_event: renders an upstream failure after the first byte as a final event in
         the client's format (the status line is long gone by then).
-    :param on_close: called once with ``(completed, error)`` when the relay ends, however it ends.
     """
 
     def __init__(
@@ -39,15 +38,12 @@ class RelayedStream:
         response: urllib3.BaseHTTPResponse,
         translator: Translator,
         error_event: t.Callable[[str], bytes],
-        on_close: t.Callable[[bool, str | None], None] | None = None,
     ) -> None:
         self._response = response
         self._translator = translator
         self._error_event = error_event
-        self._on_close = on_close
         self._relay: t.Generator[bytes, None, None] | None = None
         self._completed = False
-        self._error: str | None = None
         self._closed = False
 
     def __iter__(self) -> t.Iterator[bytes]:
@@ -63,9 +59,9 @@ class RelayedStream:
                 try:
                     chunk = read1(READ_SIZE)
                 except STREAM_ERRORS as exc:
-                    self._error = str(read_error(exc))
-                    log.warning("upstream stream failed: %s", self._error)
-                    yield self._error_event(self._error)
+                    message = str(read_error(exc))
+                    log.warning("upstream stream failed: %s", message)
+                    yield self._error_event(message)
                     return
                 if not chunk:
                     break
@@ -92,5 +88,3 @@ class RelayedStream:
                 discard(self._response)  # half-read: never hand it back to the pool
         except Exception:  # pragma: no cover - closing a dead socket must not mask the real outcome
             log.debug("error while closing an upstream response", exc_info=True)
-        if self._on_close is not None:
-            self._on_close(self._completed, self._error)

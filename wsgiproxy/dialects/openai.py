@@ -48,7 +48,7 @@ class ChatStream:
         self._client_wants_usage = client_wants_usage
         self.usage: dict[str, t.Any] | None = None
         self.done = False
-        self.finished_reason: str | None = None
+        self.finished = False  # a finish_reason was seen
 
     def feed(self, chunk: bytes) -> list[bytes]:
         out = []
@@ -61,7 +61,7 @@ class ChatStream:
                 out.append(_DONE_EVENT)
                 continue
             if b'"finish_reason":"' in data or b'"finish_reason": "' in data:
-                self.finished_reason = "seen"
+                self.finished = True
             if b'"choices":[]' in data or b'"choices": []' in data:
                 if not self._take_usage(data):
                     continue  # Azure's prompt_filter_results chunk
@@ -85,7 +85,7 @@ class ChatStream:
         out = self.feed(b"\n\n")
         if self.done:
             return out
-        if self.finished_reason:
+        if self.finished:
             self.done = True
             return [*out, _DONE_EVENT]
         return [*out, error_event("SAP AI Core ended the stream before it was complete")]

@@ -22,7 +22,6 @@ log = logging.getLogger("wsgiproxy.upstream")
 # Response headers of SAP AI Core worth handing to the client.
 _PASSED_HEADERS = ("retry-after", "retry-after-ms", "x-ratelimit-limit-requests", "x-ratelimit-remaining-requests",
                    "x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens")
-_MAX_ERROR_BODY = 64 * 1024
 
 
 def openai_deployment(call: Call, model: str) -> Deployment:
@@ -46,7 +45,7 @@ def upstream_failure(response: urllib3.BaseHTTPResponse, deployment: Deployment)
     become 502; a 429 keeps its ``Retry-After``.
     """
     try:
-        raw = (response.data or b"")[:_MAX_ERROR_BODY]
+        raw = response.data or b""  # error bodies are small; the message is capped below
     except Exception:  # a broken error body must not hide the status
         raw = b""
     finally:
