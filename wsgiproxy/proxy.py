@@ -27,6 +27,7 @@ from .endpoints.embeddings import embeddings
 from .endpoints.health import health
 from .endpoints.models import get_model, list_models
 from .errors import FACE_KEY, ApiError, TokenError, UpstreamError, UpstreamTimeout
+from .record import RequestRecord
 
 if t.TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -100,19 +101,22 @@ class WsgiProxy:
             headers.append(("X-Request-Id", request_id))
             return start_response(status, headers, exc_info)
 
-        response = self._respond(environ, request_id)
+        record = RequestRecord(request_id)
+        response = self._respond(environ, record)
         body: t.Iterable[bytes] = response(environ, start_with_id)
         return body
 
-    def _respond(self, environ: WSGIEnvironment, request_id: str) -> t.Any:
+    def _respond(self, environ: WSGIEnvironment, record: RequestRecord) -> t.Any:
+        request_id = record.request_id
         try:
             adapter = URL_MAP.bind_to_environ(environ)
             endpoint, args = adapter.match()
             route = ROUTES[endpoint]
             environ[FACE_KEY] = route.face
-            key_id = self.keys.check(environ) if route.authenticated else "-"
+            record.endpoint = endpoint
+            record.key_id = self.keys.check(environ) if route.authenticated else "-"
             state = self.state
-            call = Call(environ, self.settings, state.catalog, state.client, request_id, key_id, args)
+            call = Call(environ, self.settings, state.catalog, state.client, record, args)
             return route.handler(call)
         except ApiError as exc:
             return exc

@@ -13,6 +13,7 @@ if t.TYPE_CHECKING:
     from ..aicore.catalog import Catalog
     from ..aicore.client import AICoreClient
     from ..config import Settings
+    from ..record import RequestRecord
 
 
 @dataclass
@@ -23,10 +24,17 @@ class Call:
     settings: Settings
     catalog: Catalog
     client: AICoreClient
-    request_id: str
-    key_id: str
+    record: RequestRecord
     args: t.Mapping[str, str] = field(default_factory=dict)
     _body: bytes | None = None
+
+    @property
+    def request_id(self) -> str:
+        return self.record.request_id
+
+    @property
+    def key_id(self) -> str:
+        return self.record.key_id
 
     def body(self) -> bytes:
         if self._body is None:

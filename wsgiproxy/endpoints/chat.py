@@ -27,6 +27,7 @@ def chat_completions(call: Call) -> Response:
         raise bad_request("'messages' must be a non-empty array of messages.", param="messages")
     stream = optional_bool(body, "stream")
     deployment = openai_deployment(call, model)
+    call.record.use(deployment, streamed=stream)
     upstream_body, client_wants_usage = chat_upstream_body(body, raw)
     response = call.client.post(
         deployment,

@@ -27,6 +27,7 @@ def embeddings(call: Call) -> Response:
     if encoding is not None and encoding not in ("float", "base64"):
         raise bad_request("'encoding_format' must be 'float' or 'base64'.", param="encoding_format")
     deployment = openai_deployment(call, model)
+    call.record.use(deployment)
     response = call.client.post(deployment, "/embeddings", raw, query={"api-version": call.settings.api_version})
     if response.status >= 400:
         raise upstream_failure(response, deployment)
