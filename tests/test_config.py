@@ -233,3 +233,20 @@ def test_client_keys_from_the_environment(tmp_path: Path) -> None:
                             "secret_authentication_tokens": ["from-the-file-1"]})
     settings = load(path, WSGIPROXY_API_KEYS=" from-the-env-1 ,from-the-env-2,,from-the-file-1")
     assert settings.api_keys == ("from-the-file-1", "from-the-env-1", "from-the-env-2")
+
+
+def test_model_aliases_from_file_and_env(tmp_path: Path) -> None:
+    path = write(tmp_path, {"subAccounts": {"a": {"service_key_json": "keys/a.json", "deployment_ids": {"m": ["d1"]}}},
+                            "model_aliases": {"fast": "m", "claude-sonnet-4-5": "m"}})
+    settings = load(path, WSGIPROXY_MODEL_ALIASES="smart = m, fast=other")
+    assert settings.model_aliases == {"fast": "other", "claude-sonnet-4-5": "m", "smart": "m"}
+
+
+@pytest.mark.parametrize(("config", "env", "expected"), [
+    ({"model_aliases": ["a"]}, {}, "'model_aliases' expected an object mapping client model names"),
+    ({"model_aliases": {"a": 1}}, {}, "'model_aliases' expected an object"),
+    ({}, {"WSGIPROXY_MODEL_ALIASES": "justaname"}, "WSGIPROXY_MODEL_ALIASES: got 'justaname'; expected alias="),
+])
+def test_bad_model_aliases(tmp_path: Path, config: dict, env: dict, expected: str) -> None:
+    base = {"subAccounts": {"a": {"service_key_json": "keys/a.json", "deployment_ids": {"m": ["d1"]}}}}
+    assert expected in error(write(tmp_path, {**base, **config}), **env)

@@ -146,7 +146,7 @@ TUNABLES: tuple[Tunable, ...] = (
 
 _TUNABLE_NAMES = {tunable.name for tunable in TUNABLES}
 _FILE_KEYS = {
-    "subAccounts", "secret_authentication_tokens", "host", "port", "model_filters",
+    "subAccounts", "secret_authentication_tokens", "host", "port", "model_filters", "model_aliases",
     # legacy flat form: one subaccount named "default"
     "service_key_json", "deployment_models", "deployment_ids", "resource_group",
 } | _TUNABLE_NAMES
@@ -162,6 +162,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 3001
     model_filters: ModelFilters = field(default_factory=ModelFilters)
+    model_aliases: t.Mapping[str, str] = field(default_factory=dict)
     source: str = "(defaults)"
     api_version: str = "2025-03-01-preview"
     connect_timeout: float = 10.0
@@ -235,6 +236,7 @@ def load_settings(environ: t.Mapping[str, str] | None = None) -> Settings:
         host=_host(raw, source),
         port=_port(raw, source),
         model_filters=_model_filters(raw, source),
+        model_aliases=_model_aliases(raw, env, source),
         source=source,
         **tunables,  # type: ignore[arg-type]
     )
@@ -476,6 +478,25 @@ def _model_filters(raw: t.Mapping[str, object], source: str) -> ModelFilters:
         except re.error as exc:
             raise ConfigError(f"{source}: 'model_filters.{key}' has an invalid regular expression ({exc})") from None
     return ModelFilters(include=compiled["include_filters"], exclude=compiled["exclude_filters"])
+
+
+def _model_aliases(raw: t.Mapping[str, object], env: t.Mapping[str, str], source: str) -> dict[str, str]:
+    """Client model names → SAP model names: ``model_aliases`` in the file, then ``WSGIPROXY_MODEL_ALIASES``."""
+    block = raw.get("model_aliases", {})
+    if not isinstance(block, dict) or not all(isinstance(k, str) and k and isinstance(v, str) and v
+                                               for k, v in block.items()):
+        raise ConfigError(f"{source}: 'model_aliases' expected an object mapping client model names to "
+                          "SAP model names, e.g. {\"claude-sonnet-4-5\": \"anthropic--claude-4.5-sonnet\"}")
+    aliases = dict(block)
+    for item in env.get("WSGIPROXY_MODEL_ALIASES", "").split(","):
+        if not item.strip():
+            continue
+        alias, sep, target = (part.strip() for part in item.partition("="))
+        if not (sep and alias and target):
+            raise ConfigError(f"WSGIPROXY_MODEL_ALIASES: got {item.strip()!r}; expected alias=sap-model-name, "
+                              "comma-separated")
+        aliases[alias] = target
+    return aliases
 
 
 def tunables_markdown() -> str:

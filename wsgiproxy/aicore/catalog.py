@@ -1,7 +1,7 @@
 """Which deployments serve a model, and which one a request goes to.
 
 Client-visible model names are the keys of ``deployment_models``/``deployment_ids`` across all
-subaccounts. Selection is round-robin over the subaccounts that serve the model, then over that
+subaccounts, plus the aliases of :mod:`.naming` and ``model_aliases`` that point at one. Selection is round-robin over the subaccounts that serve the model, then over that
 subaccount's deployment URLs, as the original proxy did (failover comes later).
 """
 
@@ -12,13 +12,13 @@ import typing as t
 from dataclasses import dataclass
 
 from ..errors import WsgiproxyError
+from . import naming
+from .naming import BEDROCK, OPENAI, VERTEX
 
 if t.TYPE_CHECKING:
     from ..config import Settings, SubAccount
 
-OPENAI = "openai"
-BEDROCK = "bedrock"
-VERTEX = "vertex"
+__all__ = ["BEDROCK", "OPENAI", "VERTEX", "Catalog", "Deployment", "UnknownModel"]
 
 
 class UnknownModel(WsgiproxyError):
@@ -40,21 +40,15 @@ class Deployment:
 
     @property
     def family(self) -> str:
-        return model_family(self.model)
+        return naming.family(self.model)
+
+    @property
+    def is_claude(self) -> bool:
+        return naming.is_claude(self.model)
 
     @property
     def id(self) -> str:
         return self.url.rstrip("/").rsplit("/", 1)[-1]
-
-
-def model_family(model: str) -> str:
-    """The upstream dialect a SAP model name speaks (Azure OpenAI unless it is Claude/Gemini/Amazon)."""
-    name = model.lower()
-    if name.startswith(("anthropic--", "amazon--")) or "claude" in name:
-        return BEDROCK
-    if name.startswith("gemini"):
-        return VERTEX
-    return OPENAI
 
 
 class Catalog:
@@ -69,6 +63,7 @@ class Catalog:
                 by_model.setdefault(model, {}).setdefault(sub.name, []).extend(
                     Deployment(model=model, url=url, subaccount=sub) for url in urls
                 )
+        self._aliases = {**naming.CLAUDE_ALIASES, **settings.model_aliases}
         self._groups: dict[str, tuple[tuple[Deployment, ...], ...]] = {
             model: tuple(tuple(deps) for deps in subs.values()) for model, subs in by_model.items()
         }
@@ -82,13 +77,20 @@ class Catalog:
         return sorted(self._groups)
 
     def __contains__(self, model: object) -> bool:
-        return model in self._groups
+        return isinstance(model, str) and self.resolve(model) is not None
+
+    def resolve(self, model: str) -> str | None:
+        """The configured SAP model name a client's model name means, if any."""
+        return next((name for name in naming.candidates(model, self._aliases) if name in self._groups), None)
 
     def pick(self, model: str) -> Deployment:
-        """The next deployment for ``model``, round-robin across subaccounts, then URLs."""
+        """The next deployment for ``model`` (a SAP name or an alias), round-robin across subaccounts, then URLs."""
         groups = self._groups.get(model)
         if groups is None:
-            raise UnknownModel(model, self.models())
+            resolved = self.resolve(model)
+            if resolved is None:
+                raise UnknownModel(model, self.models())
+            model, groups = resolved, self._groups[resolved]
         index = next(self._model_turns[model]) % len(groups)
         group = groups[index]
         return group[next(self._url_turns[(model, index)]) % len(group)]

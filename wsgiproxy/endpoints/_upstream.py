@@ -1,4 +1,4 @@
-"""Shared by the OpenAI-face endpoints: pick a deployment, call it, turn failures into ApiErrors."""
+"""Shared by the endpoints: pick a deployment, call it, turn failures into ApiErrors."""
 
 from __future__ import annotations
 
@@ -24,14 +24,19 @@ _PASSED_HEADERS = ("retry-after", "retry-after-ms", "x-ratelimit-limit-requests"
                    "x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens")
 
 
-def openai_deployment(call: Call, model: str) -> Deployment:
-    """The deployment to use for an OpenAI-format request; 404 names the models that exist."""
+def pick_deployment(call: Call, model: str) -> Deployment:
+    """The deployment for a client's model name (SAP name or alias); 404 names the models that exist."""
     try:
-        deployment = call.catalog.pick(model)
+        return call.catalog.pick(model)
     except UnknownModel as exc:
         available = ", ".join(exc.available) or "(none configured)"
         raise ApiError(404, f"The model '{model}' does not exist or is not served by this proxy. "
                        f"Available models: {available}.", code="model_not_found", param="model") from None
+
+
+def openai_deployment(call: Call, model: str) -> Deployment:
+    """The deployment for a request forwarded as is to an OpenAI-format deployment."""
+    deployment = pick_deployment(call, model)
     if deployment.family != OPENAI:
         raise ApiError(400, f"The model '{model}' is a {deployment.family} model; this proxy does not serve "
                        "that family on this endpoint yet.", code="model_not_supported", param="model")
