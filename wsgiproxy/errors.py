@@ -2,7 +2,7 @@
 
 Internal signals are plain exceptions; only :mod:`wsgiproxy.proxy` and the endpoints turn them
 into :class:`ApiError`, the one client-facing class, which renders itself in the client's own
-API format (the *face* of the route: OpenAI today, Anthropic later)::
+API format (the *face* of the route: OpenAI or Anthropic)::
 
     WsgiproxyError
      ├── ConfigError            a setting is wrong: startup stops with one line
@@ -12,7 +12,7 @@ API format (the *face* of the route: OpenAI today, Anthropic later)::
           └── TokenError            no OAuth token for the subaccount (502)
 
     werkzeug HTTPException
-     └── ApiError               rendered as OpenAI (or Anthropic) error JSON, with status and headers
+     └── ApiError               rendered as OpenAI or Anthropic error JSON, with status and headers
 """
 
 from __future__ import annotations
@@ -74,6 +74,26 @@ _OPENAI_TYPES = {
 }
 
 
+# Anthropic's error "type" per status (https://docs.anthropic.com/en/api/errors); its SDK picks the
+# exception class from the status, Claude Code reads the type.
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+    529: "overloaded_error",
+}
+
+ANTHROPIC = "anthropic"
+
+
+def anthropic_type(status: int) -> str:
+    return _ANTHROPIC_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+
+
 class ApiError(HTTPException):
     """An error answered to a client, as JSON in the format of the API it called."""
 
@@ -96,6 +116,8 @@ class ApiError(HTTPException):
         self.extra_headers = dict(headers or {})
 
     def payload(self, face: str = "openai") -> dict[str, t.Any]:
+        if face == ANTHROPIC:
+            return {"type": "error", "error": {"type": anthropic_type(self.code or 500), "message": self.message}}
         error = {"message": self.message, "type": self.error_type, "param": self.param, "code": self.error_code}
         return {"error": error}
 
