@@ -1,8 +1,9 @@
 """Which deployments serve a model, and which one a request goes to.
 
 Client-visible model names are the keys of ``deployment_models``/``deployment_ids`` across all
-subaccounts, plus the aliases of :mod:`.naming` and ``model_aliases`` that point at one. Selection is round-robin over the subaccounts that serve the model, then over that
-subaccount's deployment URLs, as the original proxy did (failover comes later).
+subaccounts, plus the aliases of :mod:`.naming` and ``model_aliases`` that point at one.
+Selection is round-robin over the subaccounts that serve the model, then over that subaccount's
+deployment URLs, as the original proxy did (failover comes later).
 """
 
 from __future__ import annotations
