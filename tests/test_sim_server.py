@@ -233,7 +233,7 @@ def test_cli_serves_streams_under_gevent(tmp_path: Path) -> None:
         assert account["service_key_json"] == "sim-service-key.json" and account["resource_group"] == "default"
         assert set(account["deployment_models"]) == {
             "gpt-4o", "gpt-4.1", "gpt-5", "text-embedding-3-small", "text-embedding-3-large",
-            "mistralai--mistral-small-instruct"}
+            "mistralai--mistral-small-instruct", "anthropic--claude-4.5-sonnet"}
         assert config["secret_authentication_tokens"] == ["k1", "k2"]
         key = json.loads((tmp_path / "sim-service-key.json").read_text())
         assert key["serviceurls"]["AI_API_URL"] == key["url"] == url and key["clientsecret"] == "s3"

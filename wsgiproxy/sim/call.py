@@ -64,6 +64,8 @@ class Dialect:
     :param routes: path suffix (after ``{deploymentUrl}/``) → route.
     :param fault_error: builds a ``status`` fault's default body in the provider's shape.
     :param not_found: the provider's answer for a path suffix it does not know.
+    :param defers_fault: whether the dialect applies a fault itself, mid-answer (Bedrock's
+        event-stream exception frames); the gate then leaves that fault alone.
     """
 
     name: str
@@ -71,6 +73,7 @@ class Dialect:
     routes: Mapping[str, Route]
     fault_error: Callable[[Fault, Call], Response]
     not_found: Callable[[Request, str], Response]
+    defers_fault: Callable[[Fault, Call], bool] = lambda fault, call: False
 
     def serves(self, executable_id: str) -> bool:
         """Whether deployments of *executable_id* speak this dialect."""

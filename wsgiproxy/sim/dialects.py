@@ -5,10 +5,10 @@ Adding a provider is one new module exposing a :class:`~.call.Dialect` plus one 
 
 from __future__ import annotations
 
-from . import azure_openai
+from . import azure_openai, bedrock
 from .call import Dialect
 
-DIALECTS: tuple[Dialect, ...] = (azure_openai.DIALECT,)
+DIALECTS: tuple[Dialect, ...] = (azure_openai.DIALECT, bedrock.DIALECT)
 
 
 def dialect_for(executable_id: str) -> Dialect | None:

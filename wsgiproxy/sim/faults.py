@@ -7,6 +7,8 @@ queued one whose ``target`` and ``match`` fit.  Kinds:
 ``status``
     answer ``status`` (default 500) with ``body`` or the provider's error shape;
     ``retry_after`` (seconds) becomes a ``Retry-After`` header (429 defaults to 1).
+    With ``after_chunks`` >= 1 on a Bedrock event-stream, sent instead as an exception
+    frame after that many events (``bedrock.py``).
 ``delay``
     sleep ``seconds`` before answering (for upstream-timeout tests).
 ``reset``

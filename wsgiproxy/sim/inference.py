@@ -61,7 +61,8 @@ def inference(state: SimState, request: Request, request_id: str, deployment_id:
                 request_id=request_id, body=body, body_error=body_error, fault=fault)
     if settings.latency_ms:
         time.sleep(settings.latency_ms / 1000)
-    failed = before_answer(fault, lambda f: dialect.fault_error(f, call))
+    deferred = fault is not None and dialect.defers_fault(fault, call)
+    failed = None if deferred else before_answer(fault, lambda f: dialect.fault_error(f, call))
     if failed is not None:
         return failed
     response = route.handler(call)

@@ -102,6 +102,11 @@ class EventStream:
 
 def sse_response(call: Call, events: Iterable[bytes]) -> Response:
     """A ``text/event-stream`` response streaming *events* with the call's pacing and fault."""
+    return stream_response(call, events, "text/event-stream")
+
+
+def stream_response(call: Call, events: Iterable[bytes], mimetype: str) -> Response:
+    """A streamed response of *mimetype* (SSE, or Bedrock's binary event-stream) with the call's pacing and fault."""
     body = EventStream(
         events,
         state=call.state,
@@ -109,7 +114,7 @@ def sse_response(call: Call, events: Iterable[bytes]) -> Response:
         delay=call.settings.chunk_delay_ms / 1000,
         fault=call.fault,
     )
-    response = Response(body, mimetype="text/event-stream", direct_passthrough=True)
+    response = Response(body, mimetype=mimetype, direct_passthrough=True)
     response.headers["Cache-Control"] = "no-cache"
     response.headers["X-Accel-Buffering"] = "no"
     return response
