@@ -7,11 +7,24 @@ import json
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.test_dialects_eventstream import encode_message, event
 from wsgiproxy.dialects.bedrock import ACCEPT, EVENTSTREAM, BedrockEvent, BedrockStreamReader
 
 TEXT = "text/event-stream"
+LINES = [
+    b"data: {'messageStart': {'role': 'assistant'}}\n",
+    b'data: {"type": "ping"}\n\n',
+    b"data: {'contentBlockDelta': {'delta': 5}}\n",
+    b'data: {"bytes": "e30="}\n',
+    b'data: {"type": "error"}\n',
+    b"data: [DONE]\n",
+    b"data: {'x': {'y': (1, 2)}}\n",
+    b"data: {'a': ",
+    b"\r\n",
+]
 
 
 def read(content_type: str | None, operation: str, data: bytes, split: int | None = None) -> list[BedrockEvent]:
@@ -215,6 +228,15 @@ def test_invoke_text_error_event() -> None:
     assert read(TEXT, "invoke", b'data: {"message": "nope"}\n\n') == [exception("error", "nope")]
 
 
+def test_python_literals_are_normalised_to_json_types() -> None:
+    line = b"data: {'contentBlockDelta': {'delta': {'text': 'a'}, 'contentBlockIndex': 0, 'x': (1, 2)}}\n"
+    assert read(TEXT, "converse", line)[0].body["x"] == [1, 2]
+    for bad in (b"data: {'metadata': {'x': b'raw'}}\n", b"data: {'metadata': {'x': {1, 2}}}\n"):
+        assert read(TEXT, "converse", bad)[0].body["exceptionType"] == "invalidStreamData"
+    # invoke's text framing is JSON only
+    assert read(TEXT, "invoke", b"data: {'type': 'ping'}\n")[0].body["exceptionType"] == "invalidStreamData"
+
+
 def test_comments_and_event_names_are_skipped() -> None:
     data = b": keepalive\n\nevent: chunk\n" + CONVERSE_TEXT
     assert read(TEXT, "converse", data) == CONVERSE
@@ -240,3 +262,16 @@ def test_garbage_text_stops_with_one_exception(line: bytes) -> None:
 def test_unknown_operation_is_a_programming_error() -> None:
     with pytest.raises(ValueError):
         BedrockStreamReader(TEXT, "chat")  # type: ignore[arg-type]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.binary(max_size=300) | st.lists(st.sampled_from(LINES), max_size=8).map(b"".join),
+    st.sampled_from([EVENTSTREAM, TEXT]),
+    st.sampled_from(["converse", "invoke"]),
+    st.integers(1, 50),
+)
+def test_any_bytes_give_events_never_a_crash(data: bytes, content_type: str, operation: str, split: int) -> None:
+    events = read(content_type, operation, data, split)
+    assert all(isinstance(e, BedrockEvent) and isinstance(e.body, dict) for e in events)
+    assert all(isinstance(e.body["exceptionType"], str) for e in events if e.type == "exception")

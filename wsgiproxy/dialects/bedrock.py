@@ -174,7 +174,7 @@ class BedrockStreamReader:
             return None  # blank lines, SSE comments, ``event:`` names
         if not line or line == b"[DONE]":
             return None
-        value = _literal(line)
+        value = _literal(line, python=self._operation == "converse")
         if not isinstance(value, dict):
             return _invalid(f"a stream line is not an object: {line[:200]!r}")
         if self._operation == "invoke":
@@ -261,14 +261,19 @@ def _json_object(data: bytes) -> dict[str, t.Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def _literal(line: bytes) -> object:
-    """JSON, else a Python literal (converse's text framing); ``None`` when it is neither."""
+def _literal(line: bytes, *, python: bool) -> object:
+    """JSON, else (converse's text framing) a Python literal; ``None`` when it is neither.
+
+    A Python literal is normalised through JSON, so consumers only ever see JSON types: tuples
+    become lists, and bytes, sets or NaN make the line invalid.
+    """
     try:
         return json.loads(line)
-    except ValueError:
-        pass
+    except (ValueError, RecursionError):
+        if not python:
+            return None
     try:
-        return ast.literal_eval(line.decode("utf-8"))
+        return json.loads(json.dumps(ast.literal_eval(line.decode("utf-8")), allow_nan=False))
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError, UnicodeDecodeError):
         return None
 
