@@ -7,8 +7,9 @@ VPY    := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PORT   ?= 3001
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
-.PHONY: all venv run test smoke clean distclean
+.PHONY: all venv run test smoke bench clean distclean
 
 all: test
 
@@ -30,6 +31,22 @@ test: $(STAMP)
 
 smoke: $(STAMP)
 	$(VPY) tests/smoke.py
+
+# Load benchmark (tests/bench/): the proxy next to a direct fake upstream and nginx; about 5 minutes.
+# BENCH_ARGS=--quick (about 1 minute), --soak (100k requests, RSS growth), --profile (needs py-spy).
+# Needs wrk, nginx and its echo module: installed with apt-get when missing and running as root.
+BENCH_DEBS := wrk nginx-light libnginx-mod-http-echo
+bench: $(STAMP)
+	@if ! command -v wrk >/dev/null || ! test -x /usr/sbin/nginx || \
+	    ! test -e /usr/lib/nginx/modules/ngx_http_echo_module.so; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(BENCH_DEBS) >/dev/null; \
+	  else \
+	    echo "make bench needs: $(BENCH_DEBS) (Debian packages); install them as root, then rerun" >&2; exit 1; \
+	  fi; \
+	fi
+	@case "$(BENCH_ARGS)" in *--profile*) $(VPY) -m pip install --quiet py-spy;; esac
+	$(VPY) -m tests.bench $(BENCH_ARGS)
 
 clean:
 	rm -rf .run .pytest_cache .hypothesis .mypy_cache .ruff_cache build dist *.egg-info
