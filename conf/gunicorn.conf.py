@@ -23,6 +23,7 @@
 # | WSGIPROXY_PRELOAD             | preload_app         | true                                    |
 # | WSGIPROXY_WORKER_TMP_DIR      | worker_tmp_dir      | /dev/shm if it exists, else the tmp dir |
 # | WSGIPROXY_FORWARDED_ALLOW_IPS | forwarded_allow_ips | 127.0.0.1,::1                           |
+# | PROMETHEUS_MULTIPROC_DIR      | (metrics directory) | <worker tmp dir>/wsgiproxy-metrics-<pid> |
 #
 # The worker class is always gevent: this file monkey-patches for it. The file is executed
 # again on every HUP, so it must stay free of side effects other than the patch (idempotent).
@@ -37,7 +38,18 @@ monkey.patch_all()
 
 import os
 import sys
+import tempfile
 from pathlib import Path
+
+# Prometheus multiprocess mode is chosen when prometheus_client is first imported, so the
+# directory is named here, before the hooks or a preloaded app can import it (ops-notes §2).
+# The operator's PROMETHEUS_MULTIPROC_DIR wins (it is emptied at start); otherwise each master
+# gets its own directory on the worker tmp dir (tmpfs), removed when it exits. The variable
+# survives HUP (same master, same directory); a USR2 child starts from the original environment.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR", "").strip():
+    _metrics_parent = os.environ.get("WSGIPROXY_WORKER_TMP_DIR", "").strip() or (
+        "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir())
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.path.join(_metrics_parent, f"wsgiproxy-metrics-{os.getpid()}")
 
 # `servers` (the hooks) lives next to `conf/`; make it importable when gunicorn runs from a
 # checkout that is not pip-installed, whatever the working directory.
@@ -149,3 +161,4 @@ post_worker_init = gunicorn_hooks.post_worker_init
 worker_int = gunicorn_hooks.worker_int
 worker_abort = gunicorn_hooks.worker_abort
 child_exit = gunicorn_hooks.child_exit
+on_exit = gunicorn_hooks.on_exit

@@ -12,7 +12,14 @@ post_worker_init   worker  after gevent patched and the app loaded
 worker_int         worker  SIGINT/SIGQUIT (quick shutdown)
 worker_abort       worker  SIGABRT: the master's WORKER TIMEOUT kill
 child_exit         master  after a worker was reaped, SIGKILLed ones included
+on_exit            master  last step of a shutdown
 =================  ======  ===============================================================
+
+Metrics: ``conf/gunicorn.conf.py`` names the prometheus multiprocess directory
+(``PROMETHEUS_MULTIPROC_DIR``) before anything imports prometheus-client; ``on_starting``
+creates and empties it (once per master: never on HUP, which would reset every counter),
+``child_exit`` drops a dead worker's live gauges, ``on_exit`` removes a directory the conf
+file chose itself.
 
 Rules: no import of gunicorn here (the server objects come in as arguments), no upstream
 I/O anywhere (a socket opened before the fork is blocking and shared by every worker), and
@@ -22,6 +29,8 @@ nothing slow in a worker hook.
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import sys
 import threading
 import traceback
@@ -30,6 +39,9 @@ import typing as t
 # gunicorn ships no type information; these name what the hooks receive.
 Arbiter = t.Any  # gunicorn.arbiter.Arbiter: the master
 Worker = t.Any  # gunicorn.workers.base.Worker: a worker, in its own process
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+DEFAULT_METRICS_PREFIX = "wsgiproxy-metrics-"  # + master pid: the conf file's default directory
 
 
 def on_starting(server: Arbiter) -> None:
@@ -54,15 +66,60 @@ def on_starting(server: Arbiter) -> None:
         "wsgiproxy: configuration from %s: %d subaccount(s), %d client key(s)",
         settings.source, len(settings.subaccounts), len(settings.api_keys),
     )
+    prepare_metrics_dir(server)
+
+
+def prepare_metrics_dir(server: Arbiter) -> None:
+    """Create and empty the multiprocess metrics directory; exit at once if that fails."""
+    path = os.environ.get(MULTIPROC_ENV, "")
+    if not path:
+        server.log.info("wsgiproxy: %s is not set: metrics count this process only", MULTIPROC_ENV)
+        return
+    try:
+        os.makedirs(path, exist_ok=True)
+        for name in os.listdir(path):
+            if name.endswith(".db"):
+                os.unlink(os.path.join(path, name))
+    except OSError as exc:
+        server.log.error("metrics directory %s (%s): %s; expected a writable directory", path, MULTIPROC_ENV,
+                         exc.strerror or exc)
+        if server.pidfile is not None:
+            server.pidfile.unlink()
+        raise SystemExit(1) from None
+    _remove_dead_default_dirs(os.path.dirname(os.path.abspath(path)))
+    server.log.info("wsgiproxy: metrics: prometheus multiprocess mode in %s", path)
+
+
+def _remove_dead_default_dirs(parent: str) -> None:
+    """Default directories of masters that died without on_exit (SIGKILL) would pile up on tmpfs."""
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return
+    for name in names:
+        pid = name[len(DEFAULT_METRICS_PREFIX):]
+        if not name.startswith(DEFAULT_METRICS_PREFIX) or not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+        except OSError:
+            pass  # alive, owned by another user
 
 
 class _ToGunicornErrorLog(logging.Handler):
     """Hands ``wsgiproxy`` records to gunicorn's error log, whatever handlers it has now.
 
     Looked up per record, so the handlers gunicorn rebuilds on HUP or USR1 are the ones used.
+    A record logged while a request is served gets its ``rid=`` (``wsgiproxy.logs``, looked
+    up lazily: this module must not import the app before the conf file set the metrics mode).
     """
 
     def emit(self, record: logging.LogRecord) -> None:
+        logs = sys.modules.get("wsgiproxy.logs")
+        if logs is not None:
+            logs.add_request_id(record)
         logging.getLogger("gunicorn.error").handle(record)
 
 
@@ -124,11 +181,26 @@ def worker_abort(worker: Worker) -> None:
 
 
 def child_exit(server: Arbiter, worker: Worker) -> None:
-    """A worker was reaped (any cause, SIGKILL included).
+    """A worker was reaped (any cause, SIGKILL included): its in-flight gauge must stop counting.
 
-    Placeholder for per-worker cleanup such as prometheus-client's ``mark_process_dead``;
-    it must stay cheap and never raise, as it runs in the master's main loop.
+    Its counters stay (they are totals); runs in the master's main loop, so it never raises.
     """
+    path = os.environ.get(MULTIPROC_ENV)
+    if not path:
+        return
+    try:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid, path)
+    except Exception as exc:
+        server.log.warning("wsgiproxy: metrics cleanup for worker %s failed: %r", worker.pid, exc)
+
+
+def on_exit(server: Arbiter) -> None:
+    """Remove the metrics directory if the conf file chose it for this master."""
+    path = os.environ.get(MULTIPROC_ENV, "")
+    if path and os.path.basename(os.path.normpath(path)) == f"{DEFAULT_METRICS_PREFIX}{os.getpid()}":
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def dump_stacks() -> str:

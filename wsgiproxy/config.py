@@ -110,6 +110,15 @@ def _log_level(value: object) -> str:
     return level
 
 
+def _usage_log(value: object) -> str:
+    destination = _nonempty_str(value)
+    if destination in ("-", "off"):
+        return destination
+    if not Path(destination).expanduser().parent.is_dir():
+        raise ValueError("'-' (stdout), 'off', or a file path in an existing directory")
+    return str(Path(destination).expanduser())
+
+
 @dataclass(frozen=True)
 class Tunable:
     name: str
@@ -142,6 +151,8 @@ TUNABLES: tuple[Tunable, ...] = (
     Tunable("ca_bundle", _optional_file, None,
             "PEM file of CAs to trust for SAP AI Core instead of the system store (corporate TLS proxies)."),
     Tunable("log_level", _log_level, "INFO", "Level of the `wsgiproxy` logger."),
+    Tunable("usage_log", _usage_log, "-",
+            "Where the JSON usage line of each request goes: `-` (stdout), `off`, or a file path."),
 )
 
 _TUNABLE_NAMES = {tunable.name for tunable in TUNABLES}
@@ -174,6 +185,7 @@ class Settings:
     pool_timeout: float = 30.0
     ca_bundle: str | None = None
     log_level: str = "INFO"
+    usage_log: str = "-"
 
     @property
     def auth_required(self) -> bool:

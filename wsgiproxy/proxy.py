@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
 import typing as t
 import uuid
 
@@ -27,6 +28,8 @@ from .endpoints.embeddings import embeddings
 from .endpoints.health import health
 from .endpoints.models import get_model, list_models
 from .errors import FACE_KEY, ApiError, TokenError, UpstreamError, UpstreamTimeout
+from .logs import REQUEST_ID, configure_usage_log, write_usage
+from .metrics import Metrics, metrics_endpoint
 from .record import RequestRecord
 
 if t.TYPE_CHECKING:
@@ -45,6 +48,7 @@ class Route(t.NamedTuple):
 
 ROUTES: dict[str, Route] = {
     "health": Route(health, "openai", False),
+    "metrics": Route(metrics_endpoint, "openai", False),
     "models": Route(list_models, "openai", True),
     "model": Route(get_model, "openai", True),
     "chat": Route(chat_completions, "openai", True),
@@ -54,6 +58,7 @@ ROUTES: dict[str, Route] = {
 URL_MAP = Map(
     [
         Rule("/health", endpoint="health", methods=["GET"]),
+        Rule("/metrics", endpoint="metrics", methods=["GET"]),
         Rule("/v1/models", endpoint="models", methods=["GET"]),
         Rule("/v1/models/<path:model>", endpoint="model", methods=["GET"]),
         Rule("/v1/chat/completions", endpoint="chat", methods=["POST"]),
@@ -72,7 +77,8 @@ class _ProcessState:
     def __init__(self, settings: Settings, transport: Transport | None) -> None:
         self.pid = os.getpid()
         self.catalog = Catalog(settings)
-        self.client = AICoreClient(settings, transport)
+        self.metrics = Metrics.for_settings(settings)
+        self.client = AICoreClient(settings, transport, self.metrics)
 
 
 class WsgiProxy:
@@ -96,15 +102,24 @@ class WsgiProxy:
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> t.Iterable[bytes]:
         request_id = _request_id(environ)
+        record = RequestRecord(request_id)
+        REQUEST_ID.set(request_id)
+        metrics = self.state.metrics
+        metrics.request_started()
 
         def start_with_id(status: str, headers: list[tuple[str, str]], exc_info: t.Any = None) -> t.Any:
+            record.status = int(status[:3])
             headers.append(("X-Request-Id", request_id))
             return start_response(status, headers, exc_info)
 
-        record = RequestRecord(request_id)
-        response = self._respond(environ, record)
-        body: t.Iterable[bytes] = response(environ, start_with_id)
-        return body
+        try:
+            response = self._respond(environ, record)
+            body: t.Iterable[bytes] = response(environ, start_with_id)
+        except BaseException:
+            record.status = record.status or 500
+            _finish(record, metrics)
+            raise
+        return _ObservedBody(body, record, metrics)
 
     def _respond(self, environ: WSGIEnvironment, record: RequestRecord) -> t.Any:
         request_id = record.request_id
@@ -145,6 +160,72 @@ class WsgiProxy:
                             code="internal_error")
 
 
+class _ObservedBody:
+    """The response body as the server sees it: notes the first byte; ``close()`` reports the request.
+
+    A ``close()`` while the body was still being sent means the client went away.
+    """
+
+    __slots__ = ("_body", "_record", "_metrics", "_chunks", "_complete", "_failed", "_closed")
+
+    def __init__(self, body: t.Iterable[bytes], record: RequestRecord, metrics: Metrics) -> None:
+        self._body = body
+        self._record = record
+        self._metrics = metrics
+        self._chunks: t.Generator[bytes, None, None] | None = None
+        self._complete = False
+        self._failed = False
+        self._closed = False
+
+    def __iter__(self) -> t.Iterator[bytes]:
+        if self._chunks is None:
+            self._chunks = self._relay()
+        return self._chunks
+
+    def _relay(self) -> t.Generator[bytes, None, None]:
+        chunks = iter(self._body)
+        try:
+            for chunk in chunks:
+                if chunk:
+                    self._record.first_byte = time.perf_counter()
+                    yield chunk
+                    break
+                yield chunk
+            for chunk in chunks:  # a plain loop, not `yield from`: close() closes the body exactly once
+                yield chunk
+            self._complete = True
+        except Exception:
+            self._failed = True
+            raise
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        record = self._record
+        try:
+            if self._chunks is not None:
+                self._chunks.close()
+                record.disconnected = not (self._complete or self._failed)
+            close = getattr(self._body, "close", None)
+            if close is not None:
+                close()
+        finally:
+            _finish(record, self._metrics)
+
+
+def _finish(record: RequestRecord, metrics: Metrics) -> None:
+    """The request is over: metrics and usage line; a failure here must not reach the server."""
+    record.ended = time.perf_counter()
+    try:
+        metrics.request_done(record)
+        write_usage(record)
+    except Exception:
+        log.exception("recording request %s failed", record.request_id)
+    finally:
+        REQUEST_ID.set(None)
+
+
 def _request_id(environ: WSGIEnvironment) -> str:
     given = environ.get("HTTP_X_REQUEST_ID", "")
     return given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
@@ -154,4 +235,5 @@ def create_app(settings: Settings | None = None, *, transport: Transport | None 
     """Build the WSGI app; settings default to :func:`~wsgiproxy.config.load_settings`."""
     settings = settings or load_settings()
     logging.getLogger("wsgiproxy").setLevel(settings.log_level)
+    configure_usage_log(settings.usage_log)
     return WsgiProxy(settings, transport)

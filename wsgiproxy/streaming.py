@@ -17,6 +17,8 @@ from .aicore.transport import READ_SIZE, STREAM_ERRORS, discard, read_error, rel
 if t.TYPE_CHECKING:
     import urllib3
 
+    from .record import RequestRecord
+
 log = logging.getLogger("wsgiproxy.stream")
 
 
@@ -25,12 +27,17 @@ class Translator(t.Protocol):
 
     def finish(self) -> list[bytes]: ...
 
+    def token_counts(self) -> tuple[int | None, int | None]:
+        """``(prompt_tokens, completion_tokens)`` seen so far; None where upstream did not say."""
+        ...
+
 
 class RelayedStream:
     """WSGI iterable over a translated upstream stream.
 
     :param error_event: renders an upstream failure after the first byte as a final event in
         the client's format (the status line is long gone by then).
+    :param record: receives the translator's token counts when the relay ends, however it ends.
     """
 
     def __init__(
@@ -38,8 +45,10 @@ class RelayedStream:
         response: urllib3.BaseHTTPResponse,
         translator: Translator,
         error_event: t.Callable[[str], bytes],
+        record: RequestRecord | None = None,
     ) -> None:
         self._response = response
+        self._record = record
         self._translator = translator
         self._error_event = error_event
         self._relay: t.Generator[bytes, None, None] | None = None
@@ -81,6 +90,8 @@ class RelayedStream:
         if self._closed:
             return
         self._closed = True
+        if self._record is not None:
+            self._record.tokens(*self._translator.token_counts())
         try:
             if self._completed:
                 release(self._response)

@@ -7,10 +7,13 @@ and hands back the urllib3 response, status and body untouched.
 from __future__ import annotations
 
 import logging
+import time
 import typing as t
 from functools import partial
 from urllib.parse import urlencode
 
+from ..errors import UpstreamError
+from ..metrics import Metrics
 from .tokens import TokenCache, fetch_token
 from .transport import Transport, discard
 
@@ -26,16 +29,27 @@ log = logging.getLogger("wsgiproxy.aicore")
 class AICoreClient:
     """Per-process access to every configured subaccount."""
 
-    def __init__(self, settings: Settings, transport: Transport | None = None) -> None:
+    def __init__(self, settings: Settings, transport: Transport | None = None, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.transport = transport or Transport(settings.pool_maxsize, settings.pool_timeout, settings.ca_bundle)
+        self.metrics = metrics or Metrics.for_settings(settings)
         self.tokens: dict[str, TokenCache] = {
             sub.name: TokenCache(
-                partial(fetch_token, self.transport, sub.credentials, settings.token_timeout),
+                partial(self._counted_fetch, sub.name,
+                        partial(fetch_token, self.transport, sub.credentials, settings.token_timeout)),
                 settings.token_refresh_margin,
             )
             for sub in settings.subaccounts
         }
+
+    def _counted_fetch(self, subaccount: str, fetch: t.Callable[[], tuple[str, float]]) -> tuple[str, float]:
+        try:
+            result = fetch()
+        except Exception:
+            self.metrics.token_refreshed(subaccount, ok=False)
+            raise
+        self.metrics.token_refreshed(subaccount, ok=True)
+        return result
 
     def post(
         self,
@@ -55,15 +69,21 @@ class AICoreClient:
         cache = self.tokens[sub.name]
         for attempt in (1, 2):
             token = cache.get()
-            response = self.transport.request(
-                "POST",
-                url,
-                headers=self._headers(sub, token, accept),
-                body=body,
-                connect_timeout=self.settings.connect_timeout,
-                read_timeout=self.settings.read_timeout,
-                stream=stream,
-            )
+            started = time.perf_counter()
+            try:
+                response = self.transport.request(
+                    "POST",
+                    url,
+                    headers=self._headers(sub, token, accept),
+                    body=body,
+                    connect_timeout=self.settings.connect_timeout,
+                    read_timeout=self.settings.read_timeout,
+                    stream=stream,
+                )
+            except UpstreamError:
+                self.metrics.upstream_done(sub.name, deployment.id, None, time.perf_counter() - started)
+                raise
+            self.metrics.upstream_done(sub.name, deployment.id, response.status, time.perf_counter() - started)
             if response.status != 401 or attempt == 2:
                 return response
             log.info("SAP AI Core answered 401 for subaccount %s; fetching a new token and retrying once", sub.name)

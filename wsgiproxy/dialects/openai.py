@@ -80,6 +80,14 @@ class ChatStream:
             return True
         return False
 
+    def token_counts(self) -> tuple[int | None, int | None]:
+        """``(prompt_tokens, completion_tokens)`` from the usage chunk, once it was seen."""
+        usage = self.usage
+        if usage is None:
+            return None, None
+        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        return (prompt if isinstance(prompt, int) else None, completion if isinstance(completion, int) else None)
+
     def finish(self) -> list[bytes]:
         """At upstream EOF: complete a stream that lacked ``[DONE]``, or report it cut short."""
         out = self.feed(b"\n\n")

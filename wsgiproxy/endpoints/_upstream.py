@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import typing as t
 
 from werkzeug.wrappers import Response
@@ -15,6 +16,7 @@ from ..errors import ApiError
 if t.TYPE_CHECKING:
     import urllib3
 
+    from ..record import RequestRecord
     from . import Call
 
 log = logging.getLogger("wsgiproxy.upstream")
@@ -91,7 +93,28 @@ def _str_or_none(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def passthrough(response: urllib3.BaseHTTPResponse) -> Response:
-    """A complete (non-streamed) upstream JSON answer, relayed as is."""
+_PROMPT_TOKENS = re.compile(rb'"prompt_tokens"\s*:\s*(\d+)')
+_COMPLETION_TOKENS = re.compile(rb'"completion_tokens"\s*:\s*(\d+)')
+
+
+def passthrough(response: urllib3.BaseHTTPResponse, record: RequestRecord | None = None) -> Response:
+    """A complete (non-streamed) upstream JSON answer, relayed as is; its usage goes into ``record``."""
     content_type = response.headers.get("content-type", "application/json")
-    return Response(response.data, status=response.status, content_type=content_type)
+    data = response.data
+    if record is not None:
+        record.tokens(*usage_tokens(data))
+    return Response(data, status=response.status, content_type=content_type)
+
+
+def usage_tokens(data: bytes) -> tuple[int | None, int | None]:
+    """Token counts of the last ``"usage"`` object, found without parsing the whole body.
+
+    Embedding answers are large and usage comes last; an unescaped ``"usage"`` can only be a
+    JSON key or value, never text inside a string.
+    """
+    start = data.rfind(b'"usage"')
+    if start < 0:
+        return None, None
+    window = data[start:start + 600]
+    prompt, completion = _PROMPT_TOKENS.search(window), _COMPLETION_TOKENS.search(window)
+    return (int(prompt[1]) if prompt else None, int(completion[1]) if completion else None)

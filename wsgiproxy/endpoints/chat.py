@@ -40,7 +40,7 @@ def chat_completions(call: Call) -> Response:
     if response.status >= 400:
         raise upstream_failure(response, deployment)
     if not stream:
-        return passthrough(response)
-    relay = RelayedStream(response, ChatStream(client_wants_usage), error_event)
+        return passthrough(response, call.record)
+    relay = RelayedStream(response, ChatStream(client_wants_usage), error_event, call.record)
     return Response(relay, status=200, content_type="text/event-stream; charset=utf-8",
                     headers=SSE_HEADERS, direct_passthrough=True)

@@ -31,4 +31,4 @@ def embeddings(call: Call) -> Response:
     response = call.client.post(deployment, "/embeddings", raw, query={"api-version": call.settings.api_version})
     if response.status >= 400:
         raise upstream_failure(response, deployment)
-    return passthrough(response)
+    return passthrough(response, call.record)
