@@ -425,8 +425,9 @@ def _invoke_messages(messages: list[Any]) -> tuple[list[str], str, tuple[tuple[s
     for index, message in enumerate(messages):
         if not isinstance(message, dict):
             raise _invalid(f"messages.{index}: Input should be a valid dictionary")
-        for key in sorted(set(message) - {"role", "content"}):
-            raise _invalid(f"messages.{index}.{key}: Extra inputs are not permitted")
+        extra = sorted(set(message) - {"role", "content"})
+        if extra:
+            raise _invalid(f"messages.{index}.{extra[0]}: Extra inputs are not permitted")
     _check_roles(
         [m.get("role") for m in messages],
         'messages: first message must use the "user" role',
@@ -627,8 +628,9 @@ def _converse_ask(call: Call) -> _Ask:
     config = body.get("inferenceConfig", {})
     if not isinstance(config, dict):
         raise _invalid("inferenceConfig: expected an object.")
-    for key in sorted(set(config) - _INFERENCE_CONFIG):
-        raise _invalid(f"inferenceConfig: unknown field {key}.")
+    unknown = sorted(set(config) - _INFERENCE_CONFIG)
+    if unknown:
+        raise _invalid(f"inferenceConfig: unknown field {', '.join(unknown)}.")
     max_tokens = config.get("maxTokens")
     if max_tokens is not None and not _positive_int(max_tokens):
         raise _invalid("The value at inferenceConfig.maxTokens must be an integer greater than or equal to 1.")
@@ -685,8 +687,9 @@ def _converse_tools(raw: object) -> tuple[tuple[_Tool, ...], str, str]:
         return (), "auto", ""
     if not isinstance(raw, dict) or not isinstance(raw.get("tools"), list) or not raw["tools"]:
         raise _invalid("The value at toolConfig.tools must be a non-empty list of tools.")
-    for key in sorted(set(raw) - {"tools", "toolChoice"}):
-        raise _invalid(f"toolConfig: unknown field {key}.")
+    unknown = sorted(set(raw) - {"tools", "toolChoice"})
+    if unknown:
+        raise _invalid(f"toolConfig: unknown field {', '.join(unknown)}.")
     tools = []
     for index, tool in enumerate(raw["tools"]):
         if isinstance(tool, dict) and set(tool) == {"cachePoint"}:
