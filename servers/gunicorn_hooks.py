@@ -164,7 +164,10 @@ def on_reload(server: Arbiter) -> None:
 
 def post_worker_init(worker: Worker) -> None:
     # Per-worker state (upstream pool, token cache) is created lazily on the first request;
-    # nothing to do here but say the worker is up. No network I/O (ops-notes pitfall 3).
+    # only the metrics count the worker now. No network I/O (ops-notes pitfall 3).
+    from wsgiproxy.metrics import worker_started
+
+    worker_started()
     worker.log.debug("wsgiproxy: worker %s ready", worker.pid)
 
 

@@ -18,6 +18,7 @@ wsgiproxy_requests_total                   counter    endpoint, model, status
 wsgiproxy_request_duration_seconds         histogram  endpoint, streamed
 wsgiproxy_time_to_first_byte_seconds       histogram  endpoint, streamed
 wsgiproxy_requests_in_flight               gauge      (livesum across workers)
+wsgiproxy_workers                          gauge      (livesum: worker processes alive)
 wsgiproxy_upstream_requests_total          counter    subaccount, deployment, status
 wsgiproxy_upstream_latency_seconds         histogram  subaccount, deployment
 wsgiproxy_tokens_total                     counter    model, type (prompt, completion)
@@ -74,6 +75,9 @@ class _Instruments:
                               ("endpoint", "streamed"), buckets=BUCKETS, registry=registry)
         self.in_flight = Gauge("wsgiproxy_requests_in_flight", "Requests being served, open streams included.",
                                multiprocess_mode="livesum", registry=registry)
+        self.workers = Gauge("wsgiproxy_workers", "Worker processes that have started (1 per process).",
+                             multiprocess_mode="livesum", registry=registry)
+        self.workers.set(1)
         self.upstream = Counter("wsgiproxy_upstream_requests", "Requests to SAP AI Core deployments by status "
                                 "(error: no answer).", ("subaccount", "deployment", "status"), registry=registry)
         self.upstream_latency = Histogram("wsgiproxy_upstream_latency_seconds",
@@ -100,6 +104,12 @@ def _instruments(registry: CollectorRegistry | None) -> _Instruments:
         _shared.clear()  # a set inherited through fork belongs to the parent
         instruments = _shared[pid] = _Instruments(None)
     return instruments
+
+
+def worker_started() -> None:
+    """Counts this worker in ``wsgiproxy_workers`` before its first request (gunicorn post_worker_init)."""
+    if multiprocess_mode():
+        _instruments(None)
 
 
 Child = t.Any  # a labelled Counter or Histogram child

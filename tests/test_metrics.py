@@ -1,0 +1,222 @@
+"""Metrics, the usage line and request ids, in process: the app with a scripted upstream.
+
+Single-process mode (no PROMETHEUS_MULTIPROC_DIR): each app has its own registry, so values are
+read with ``registry.get_sample_value``. The multiprocess path is proven under gunicorn in
+tests/test_ops_gunicorn.py.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import typing as t
+from pathlib import Path
+
+import pytest
+from werkzeug.test import Client
+
+from tests.fakes import FakeTransport, response
+from tests.test_proxy import AUTH, CHAT, COMPLETION, KEY, STREAM, settings, stream_response
+from wsgiproxy.endpoints._upstream import usage_tokens
+from wsgiproxy.errors import UpstreamUnreachable
+from wsgiproxy.logs import RequestIdFilter, configure_usage_log
+from wsgiproxy.metrics import BUCKETS, Metrics, status_label
+from wsgiproxy.proxy import WsgiProxy, create_app
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class App:
+    """The proxy, a test client and its usage lines."""
+
+    def __init__(self, transport: FakeTransport, usage: Path, **overrides: t.Any) -> None:
+        self.proxy: WsgiProxy = create_app(settings(usage_log=str(usage), **overrides), transport=transport)
+        self.client = Client(self.proxy)  # type: ignore[arg-type]
+        self.usage = usage
+
+    def request(self, method: str, path: str, **kwargs: t.Any) -> t.Any:
+        """A request whose body is read and closed, as a server does."""
+        resp = self.client.open(path, method=method, **kwargs)
+        resp.get_data()
+        resp.close()
+        return resp
+
+    def value(self, name: str, **labels: str) -> float:
+        registry = self.proxy.state.metrics.registry
+        assert registry is not None
+        return registry.get_sample_value(name, labels) or 0.0
+
+    def usage_lines(self) -> list[dict[str, t.Any]]:
+        text = self.usage.read_text() if self.usage.exists() else ""
+        return [json.loads(line) for line in text.splitlines()]
+
+
+@pytest.fixture
+def make_app(tmp_path: Path) -> t.Iterator[t.Callable[..., App]]:
+    yield lambda transport, **overrides: App(transport, tmp_path / "usage.log", **overrides)
+    configure_usage_log("off")  # close the file handler
+
+
+def test_non_stream_request_is_counted_with_tokens_and_upstream(make_app: t.Callable[..., App]) -> None:
+    app = make_app(FakeTransport([response(200, COMPLETION)]))
+    resp = app.request("POST", "/v1/chat/completions", json=CHAT, headers={**AUTH, "X-Request-Id": "req-42"})
+    assert resp.status_code == 200 and resp.headers["X-Request-Id"] == "req-42"
+    assert app.value("wsgiproxy_requests_total", endpoint="chat", model="gpt-4o", status="200") == 1
+    assert app.value("wsgiproxy_request_duration_seconds_count", endpoint="chat", streamed="false") == 1
+    assert app.value("wsgiproxy_time_to_first_byte_seconds_count", endpoint="chat", streamed="false") == 1
+    assert app.value("wsgiproxy_tokens_total", model="gpt-4o", type="prompt") == 1
+    assert app.value("wsgiproxy_tokens_total", model="gpt-4o", type="completion") == 1
+    assert app.value("wsgiproxy_upstream_requests_total", subaccount="a", deployment="d1", status="200") == 1
+    assert app.value("wsgiproxy_upstream_latency_seconds_count", subaccount="a", deployment="d1") == 1
+    assert app.value("wsgiproxy_token_refreshes_total", subaccount="a", result="ok") == 1
+    assert app.value("wsgiproxy_requests_in_flight") == 0
+
+    (line,) = app.usage_lines()
+    assert line["request_id"] == "req-42" and line["key_id"].startswith("key-") and KEY not in json.dumps(line)
+    assert {k: line[k] for k in ("endpoint", "model", "subaccount", "deployment", "status", "streamed",
+                                 "prompt_tokens", "completion_tokens", "disconnected")} == {
+        "endpoint": "chat", "model": "gpt-4o", "subaccount": "a", "deployment": "d1", "status": 200,
+        "streamed": False, "prompt_tokens": 1, "completion_tokens": 1, "disconnected": False}
+    assert line["duration_ms"] >= line["ttfb_ms"] >= 0
+    assert line["time"].endswith("Z") and len(line["time"]) == len("2025-01-01T00:00:00.000Z")
+
+
+def test_stream_tokens_come_from_the_translator(make_app: t.Callable[..., App]) -> None:
+    app = make_app(FakeTransport([stream_response(STREAM)]))
+    resp = app.client.post("/v1/chat/completions", json={**CHAT, "stream": True}, headers=AUTH, buffered=False)
+    assert app.value("wsgiproxy_requests_in_flight") == 1  # until the body is closed
+    chunks = list(resp.response)
+    resp.close()
+    assert chunks[-1] == b"data: [DONE]\n\n"
+    assert app.value("wsgiproxy_requests_in_flight") == 0
+    assert app.value("wsgiproxy_requests_total", endpoint="chat", model="gpt-4o", status="200") == 1
+    assert app.value("wsgiproxy_request_duration_seconds_count", endpoint="chat", streamed="true") == 1
+    assert app.value("wsgiproxy_tokens_total", model="gpt-4o", type="completion") == 1
+    assert app.value("wsgiproxy_stream_disconnects_total", endpoint="chat", model="gpt-4o") == 0
+    (line,) = app.usage_lines()
+    assert line["streamed"] is True and line["prompt_tokens"] == 1 and line["disconnected"] is False
+
+
+def test_client_disconnect_mid_stream_is_recorded(make_app: t.Callable[..., App]) -> None:
+    app = make_app(FakeTransport([stream_response(STREAM)]))
+    resp = app.client.post("/v1/chat/completions", json={**CHAT, "stream": True}, headers=AUTH, buffered=False)
+    next(iter(resp.response))
+    resp.close()  # what a WSGI server does when the client has gone
+    assert app.value("wsgiproxy_stream_disconnects_total", endpoint="chat", model="gpt-4o") == 1
+    assert app.value("wsgiproxy_requests_in_flight") == 0
+    (line,) = app.usage_lines()
+    assert line["disconnected"] is True and line["ttfb_ms"] is not None
+
+
+def test_upstream_failures_and_bounded_labels(make_app: t.Callable[..., App]) -> None:
+    refused = UpstreamUnreachable("connection refused")
+    app = make_app(FakeTransport([refused, response(429, {"error": {"message": "slow down"}})]))
+    assert app.request("POST", "/v1/chat/completions", json=CHAT, headers=AUTH).status_code == 502
+    assert app.request("POST", "/v1/chat/completions", json=CHAT, headers=AUTH).status_code == 429
+    evil = {**CHAT, "model": "evil-{}\n"}
+    assert app.request("POST", "/v1/chat/completions", json=evil, headers=AUTH).status_code == 404
+    assert app.request("GET", "/no/such/path/x1").status_code == 404
+    assert app.value("wsgiproxy_upstream_requests_total", subaccount="a", deployment="d1", status="error") == 1
+    assert app.value("wsgiproxy_upstream_requests_total", subaccount="a", deployment="d1", status="429") == 1
+    assert app.value("wsgiproxy_requests_total", endpoint="chat", model="gpt-4o", status="502") == 1
+    assert app.value("wsgiproxy_requests_total", endpoint="chat", model="gpt-4o", status="429") == 1
+    assert app.value("wsgiproxy_requests_total", endpoint="chat", model="-", status="404") == 1
+    assert app.value("wsgiproxy_requests_total", endpoint="-", model="-", status="404") == 1
+    text = app.request("GET", "/metrics").get_data(as_text=True)
+    assert "evil" not in text and "/no/such" not in text
+
+
+def test_status_and_model_labels_are_bounded() -> None:
+    assert [status_label(s) for s in (200, 429, 502, 302, 418, 599, 0, 700, None)] == [
+        "200", "429", "502", "3xx", "4xx", "5xx", "other", "other", "error"]
+    metrics = Metrics(["gpt-4o"])
+    assert [metrics.model_label(m) for m in ("gpt-4o", "gpt-9", None)] == ["gpt-4o", "other", "-"]
+    assert BUCKETS[0] == 0.05 and BUCKETS[-1] == 600
+
+
+def test_metrics_endpoint_needs_no_key_and_writes_no_usage_line(make_app: t.Callable[..., App]) -> None:
+    app = make_app(FakeTransport())
+    resp = app.request("GET", "/metrics")
+    assert resp.status_code == 200 and resp.headers["X-Request-Id"]
+    assert resp.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+    assert "# TYPE wsgiproxy_requests_total counter" in resp.get_data(as_text=True)
+    assert app.request("GET", "/health").status_code == 200
+    assert app.request("POST", "/metrics").status_code == 405
+    assert [line["status"] for line in app.usage_lines()] == [405]  # the unrouted POST only
+    assert app.value("wsgiproxy_requests_total", endpoint="metrics", model="-", status="200") == 1
+
+
+def test_usage_log_off_and_stdout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for destination in ("-", "off"):
+        client = Client(create_app(settings(usage_log=destination),  # type: ignore[arg-type]
+                                   transport=FakeTransport([response(200, COMPLETION)])))
+        with client.post("/v1/chat/completions", json=CHAT, headers=AUTH) as resp:
+            resp.get_data()
+        out = capsys.readouterr().out
+        if destination == "-":
+            assert json.loads(out.strip().splitlines()[-1])["endpoint"] == "chat"
+        else:
+            assert out == ""
+
+
+class _Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.addFilter(RequestIdFilter())
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def test_app_log_lines_carry_the_request_id(make_app: t.Callable[..., App]) -> None:
+    app = make_app(FakeTransport([response(429, {"error": {"message": "slow down"}})]))
+    handler = _Lines()
+    logger = logging.getLogger("wsgiproxy")
+    logger.addHandler(handler)
+    try:
+        resp = app.request("POST", "/v1/chat/completions", json=CHAT, headers={**AUTH, "X-Request-Id": "abc.123"})
+        logging.getLogger("wsgiproxy.test").warning("after the request")
+    finally:
+        logger.removeHandler(handler)
+    assert resp.status_code == 429
+    about = [line for line in handler.lines if "429" in line]
+    assert about and all(line.endswith(" rid=abc.123") for line in about), handler.lines
+    assert handler.lines[-1] == "after the request"  # no stale id once the request is over
+
+
+@pytest.mark.parametrize("given", ["", "x" * 129, "a b", "id\tx", "ü", "a/b"])
+def test_unusable_request_ids_are_replaced(make_app: t.Callable[..., App], given: str) -> None:
+    app = make_app(FakeTransport())
+    rid = app.request("GET", "/health", headers={"X-Request-Id": given} if given else {}).headers["X-Request-Id"]
+    assert rid != given and len(rid) == 32
+
+
+@pytest.mark.parametrize(("body", "expected"), [
+    (b'{"choices":[],"usage":{"completion_tokens":7,"completion_tokens_details":{"reasoning_tokens":2},'
+     b'"prompt_tokens":11,"prompt_tokens_details":{"cached_tokens":0},"total_tokens":18}}', (11, 7)),
+    (b'{"data":[{"embedding":[0.1,0.2]}],"usage":{"prompt_tokens":5,"total_tokens":5}}', (5, None)),
+    (b'{"content":"the \\"usage\\": \\"prompt_tokens\\": 99"}', (None, None)),
+    (b"not json at all", (None, None)),
+])
+def test_usage_tokens_from_a_body_without_parsing_it(body: bytes, expected: tuple[int | None, int | None]) -> None:
+    assert usage_tokens(body) == expected
+
+
+def test_grafana_dashboard_queries_only_metrics_that_exist(make_app: t.Callable[..., App]) -> None:
+    import re
+
+    app = make_app(FakeTransport())
+    text = app.request("GET", "/metrics").get_data(as_text=True)
+    exported = set()
+    for name, kind in re.findall(r"^# TYPE (\S+) (\S+)$", text, re.MULTILINE):
+        suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}.get(kind, ("",))
+        exported |= {name + suffix for suffix in suffixes} | {name}
+    dashboard = json.loads((ROOT / "conf" / "grafana" / "wsgiproxy.json").read_text())
+    exprs = [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
+    assert exprs
+    used = {name for expr in exprs for name in re.findall(r"\b(wsgiproxy_[a-z_]+)\b", expr)}
+    assert used and used <= exported, used - exported
+    rules = (ROOT / "conf" / "prometheus" / "alerts.yml").read_text()
+    used = set(re.findall(r"\b(wsgiproxy_[a-z_]+)\b", rules))
+    assert used and used <= exported, used - exported
