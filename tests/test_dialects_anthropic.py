@@ -108,6 +108,11 @@ def test_fields_bedrock_accepts_are_kept(field: str, value: t.Any) -> None:
     assert invoke(base(**{field: value}))[field] == value
 
 
+def test_null_fields_are_absent() -> None:
+    nulls = dict.fromkeys(["system", "tools", "tool_choice", "thinking", "temperature", "anthropic_beta"])
+    assert invoke(base(**nulls)) == {"anthropic_version": "bedrock-2023-05-31", "max_tokens": 100, "messages": USER}
+
+
 def test_version_is_set_and_overrides_the_client() -> None:
     assert invoke(base())["anthropic_version"] == "bedrock-2023-05-31"
     assert invoke(base(anthropic_version="2023-06-01"))["anthropic_version"] == "bedrock-2023-05-31"
@@ -194,7 +199,7 @@ def test_system_turns_without_a_system_and_after_a_block_list() -> None:
     assert invoke(base(system=blocks, messages=messages))["system"] == [*blocks, {"type": "text", "text": "env"}]
     assert invoke(base(system="", messages=messages))["system"] == [{"type": "text", "text": "env"}]
     assert invoke(base(system="keep me"))["system"] == "keep me", "a lone string stays a string"
-    assert "system" not in invoke(base(messages=[*messages, {"role": "system", "content": ""}][:1]))
+    assert "system" not in invoke(base(messages=[messages[0], {"role": "system", "content": ""}])), "nothing to add"
 
 
 def test_only_system_turns_is_a_bad_request() -> None:
@@ -292,6 +297,8 @@ def test_max_tokens_is_required() -> None:
         (base(system=["x"]), "system.0"),
         (base(tools={"name": "f"}), "tools"),
         (base(tools=["f"]), "tools"),
+        (base(tools=[{"name": "f"}, {"description": "nameless"}]), "tools.1.name"),
+        (base(tools=[{"name": ["f"]}]), "tools.0.name"),
         (base(tool_choice="auto", tools=[{"name": "f"}]), "tool_choice"),
         (base(thinking=True), "thinking"),
         (base(anthropic_beta=[1]), "anthropic_beta"),
@@ -457,6 +464,17 @@ def exception_frame(kind: str, message: str) -> bytes:
 
 def binary_stream(events: list[bytes] | None = None) -> bytes:
     return b"".join(chunk(event) for event in (upstream_events() if events is None else events))
+
+
+def test_the_test_encoder_writes_what_botocore_reads() -> None:
+    """The binary fixtures are real event-stream: botocore (boto3's parser) reads them back."""
+    eventstream = pytest.importorskip("botocore.eventstream")
+    buffer = eventstream.EventStreamBuffer()
+    buffer.add_data(binary_stream() + exception_frame("throttlingException", "slow down"))
+    messages = list(buffer)
+    payloads = [base64.b64decode(json.loads(m.payload)["bytes"]) for m in messages[:-1]]
+    assert payloads == upstream_events()
+    assert messages[-1].headers[":exception-type"] == "throttlingException"
 
 
 FRAMINGS = {"text": ("application/json", text_stream), "binary": (EVENTSTREAM, binary_stream)}
@@ -634,6 +652,39 @@ def test_empty_stream_is_an_error() -> None:
         )
     ]
     assert stream.token_counts() == (None, None)
+
+
+event_types = st.sampled_from(
+    ["message_start", "message_delta", "message_stop", "content_block_delta", "ping", "error", "future_event", "a\nb"]
+)
+events = st.fixed_dictionaries(
+    {"type": event_types},
+    optional={"message": mostly(st.fixed_dictionaries({}, optional={"usage": anything})), "usage": anything},
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    upstream=st.lists(mostly(events), max_size=8),
+    binary=st.booleans(),
+    noise=st.binary(max_size=40),
+    split=st.integers(1, 50),
+)
+def test_any_upstream_stream_ends_once_and_never_raises(
+    upstream: list[t.Any], binary: bool, noise: bytes, split: int
+) -> None:
+    encoded = [json.dumps(event).encode() for event in upstream]
+    if binary:
+        data, content_type = binary_stream(encoded) + noise, EVENTSTREAM
+    else:
+        data, content_type = b"".join(b"data: " + event + b"\n\n" for event in encoded) + noise, None
+    out, stream = translate(data, content_type, split)
+    names = [name for name, _ in parse(out)]
+    assert names and names[-1] in ("message_stop", "error")
+    assert names.count("message_stop") + names.count("error") == 1
+    prompt, completion = stream.token_counts()
+    assert prompt is None or isinstance(prompt, int)
+    assert completion is None or isinstance(completion, int)
 
 
 def test_error_event_shape() -> None:

@@ -27,19 +27,9 @@ BEDROCK_VERSION = "bedrock-2023-05-31"
 #: permitted"), ``output_format``, ``service_tier``, ``container`` and ``mcp_servers``
 #: (first-party API features with no Bedrock counterpart).
 FIELDS = (
-    "anthropic_version",
-    "anthropic_beta",
-    "max_tokens",
-    "messages",
-    "system",
-    "temperature",
-    "top_p",
-    "top_k",
-    "stop_sequences",
-    "tools",
-    "tool_choice",
-    "thinking",
-)
+    "anthropic_version", "anthropic_beta", "max_tokens", "messages", "system", "temperature", "top_p", "top_k",
+    "stop_sequences", "tools", "tool_choice", "thinking",
+)  # fmt: skip
 
 #: Betas forwarded in ``anthropic_beta``; Bedrock answers "invalid beta flag" to any other, and
 #: some models accept fewer still (Opus 4.7 only interleaved thinking). Kept: betas that change
@@ -95,16 +85,10 @@ def invoke_body(body: t.Any, beta_header: str | None) -> bytes:
     if not isinstance(messages, list) or not messages:
         raise bad_request("'messages' must be a non-empty array of messages.", param="messages")
 
-    out: dict[str, t.Any] = {key: body[key] for key in FIELDS if key in body}
-    out["anthropic_version"] = BEDROCK_VERSION
+    out: dict[str, t.Any] = {"anthropic_version": BEDROCK_VERSION}
+    out.update((key, body[key]) for key in FIELDS[1:] if body.get(key) is not None)  # null means absent
     hoisted, out["messages"] = _split_messages(messages)
-    system = body.get("system")
-    if system is not None and not isinstance(system, str):
-        system = _content(system, "system")
-    if hoisted:
-        if system is None or isinstance(system, str):
-            system = [{"type": "text", "text": system}] if system else []
-        system = [*system, *hoisted]
+    system = _system(body.get("system"), hoisted)
     if system is None:
         out.pop("system", None)
     else:
@@ -137,6 +121,17 @@ def _split_messages(messages: list[t.Any]) -> tuple[list[t.Any], list[t.Any]]:
     if not turns:
         raise bad_request("'messages' must contain a user or assistant message.", param="messages")
     return [block for block in hoisted if block != {"type": "text", "text": ""}], turns
+
+
+def _system(system: t.Any, hoisted: list[t.Any]) -> t.Any:
+    """The top-level ``system`` then the hoisted blocks; a string becomes a text block only if needed."""
+    if system is not None and not isinstance(system, str):
+        system = _content(system, "system")
+    if not hoisted:
+        return system
+    if system is None or isinstance(system, str):
+        system = [{"type": "text", "text": system}] if system else []
+    return [*system, *hoisted]
 
 
 def _content(content: t.Any, where: str) -> t.Any:
@@ -177,7 +172,7 @@ def _tools(out: dict[str, t.Any]) -> None:
     if tools is not None:
         if not isinstance(tools, list) or not all(isinstance(tool, dict) for tool in tools):
             raise bad_request("'tools' must be an array of tool objects.", param="tools")
-        kept = [_tool(tool) for tool in tools if tool.get("type", "custom") == "custom"]
+        kept = [_tool(tool, i) for i, tool in enumerate(tools) if tool.get("type", "custom") == "custom"]
         if kept:
             out["tools"] = kept
         else:
@@ -187,12 +182,14 @@ def _tools(out: dict[str, t.Any]) -> None:
         return
     if not isinstance(choice, dict):
         raise bad_request("'tool_choice' must be an object.", param="tool_choice")
-    names = {tool.get("name") for tool in out.get("tools", ())}
+    names = [tool["name"] for tool in out.get("tools", ())]
     if not names or (choice.get("type") == "tool" and choice.get("name") not in names):
         del out["tool_choice"]
 
 
-def _tool(tool: dict[str, t.Any]) -> dict[str, t.Any]:
+def _tool(tool: dict[str, t.Any], i: int) -> dict[str, t.Any]:
+    if not isinstance(tool.get("name"), str):
+        raise bad_request(f"'tools.{i}.name' must be a string.", param=f"tools.{i}.name")
     kept = {key: tool[key] for key in TOOL_FIELDS if key in tool}
     return _cache_control(kept) if "cache_control" in kept else kept
 
@@ -274,18 +271,10 @@ ERROR_TYPES = {
 #: Anthropic's own error types, passed on as they are when an upstream error event names one.
 ANTHROPIC_ERROR_TYPES = frozenset(
     {
-        "invalid_request_error",
-        "authentication_error",
-        "billing_error",
-        "permission_error",
-        "not_found_error",
-        "request_too_large",
-        "rate_limit_error",
-        "api_error",
-        "timeout_error",
-        "overloaded_error",
+        "invalid_request_error", "authentication_error", "billing_error", "permission_error", "not_found_error",
+        "request_too_large", "rate_limit_error", "api_error", "timeout_error", "overloaded_error",
     }
-)
+)  # fmt: skip
 
 
 def error_event(message: str, error_type: str = "api_error") -> bytes:
@@ -351,8 +340,8 @@ class MessagesStream:
                 self.done = True
                 body = {key: value for key, value in body.items() if key != "amazon-bedrock-invocationMetrics"}
                 out.append(_MESSAGE_STOP if body == {"type": "message_stop"} else _event(b"message_stop", body))
-            else:
-                self.done = kind == "error"  # an Anthropic error event ends the stream too
+            elif kind.isidentifier():  # ping, content_block_*, and event types yet to come
+                self.done = kind == "error"  # an error ends the stream (the reader mostly makes it an exception)
                 out.append(_event(kind.encode(), body))
         return out
 
