@@ -19,7 +19,7 @@ from tests.fakes import FakeTransport, response
 from tests.test_proxy import AUTH, CHAT, COMPLETION, KEY, STREAM, settings, stream_response
 from wsgiproxy.endpoints._upstream import usage_tokens
 from wsgiproxy.errors import UpstreamUnreachable
-from wsgiproxy.logs import RequestIdFilter, configure_usage_log
+from wsgiproxy.logs import RequestIdFilter, UsageLog
 from wsgiproxy.metrics import BUCKETS, Metrics, status_label
 from wsgiproxy.proxy import WsgiProxy, create_app
 
@@ -53,8 +53,15 @@ class App:
 
 @pytest.fixture
 def make_app(tmp_path: Path) -> t.Iterator[t.Callable[..., App]]:
-    yield lambda transport, **overrides: App(transport, tmp_path / "usage.log", **overrides)
-    configure_usage_log("off")  # close the file handler
+    apps: list[App] = []
+
+    def make(transport: FakeTransport, **overrides: t.Any) -> App:
+        apps.append(App(transport, tmp_path / "usage.log", **overrides))
+        return apps[-1]
+
+    yield make
+    for app in apps:
+        app.proxy.usage.close()
 
 
 def test_non_stream_request_is_counted_with_tokens_and_upstream(make_app: t.Callable[..., App]) -> None:
@@ -220,3 +227,19 @@ def test_grafana_dashboard_queries_only_metrics_that_exist(make_app: t.Callable[
     rules = (ROOT / "conf" / "prometheus" / "alerts.yml").read_text()
     used = set(re.findall(r"\b(wsgiproxy_[a-z_]+)\b", rules))
     assert used and used <= exported, used - exported
+
+
+def test_usage_file_is_reopened_after_logrotate_moved_it(tmp_path: Path) -> None:
+    from wsgiproxy.record import RequestRecord
+
+    path = tmp_path / "usage.log"
+    usage = UsageLog(str(path))
+    record = RequestRecord("r1", endpoint="chat", status=200)
+    record.ended = record.started
+    usage.write(record)
+    path.rename(tmp_path / "usage.log.1")
+    record.ended = record.started + 2  # more than a second later
+    usage.write(record)
+    usage.close()
+    assert len((tmp_path / "usage.log.1").read_text().splitlines()) == 1
+    assert json.loads(path.read_text())["request_id"] == "r1"

@@ -28,7 +28,7 @@ from .endpoints.embeddings import embeddings
 from .endpoints.health import health
 from .endpoints.models import get_model, list_models
 from .errors import FACE_KEY, ApiError, TokenError, UpstreamError, UpstreamTimeout
-from .logs import REQUEST_ID, configure_usage_log, write_usage
+from .logs import REQUEST_ID, UsageLog
 from .metrics import Metrics, metrics_endpoint
 from .record import RequestRecord
 
@@ -87,6 +87,7 @@ class WsgiProxy:
     def __init__(self, settings: Settings, transport: Transport | None = None) -> None:
         self.settings = settings
         self.keys = KeyChecker(settings.api_keys)
+        self.usage = UsageLog(settings.usage_log)
         self._transport = transport  # test shim: a fake upstream
         self._state: _ProcessState | None = None
         if not self.keys.enabled:
@@ -117,9 +118,9 @@ class WsgiProxy:
             body: t.Iterable[bytes] = response(environ, start_with_id)
         except BaseException:
             record.status = record.status or 500
-            _finish(record, metrics)
+            _finish(record, metrics, self.usage)
             raise
-        return _ObservedBody(body, record, metrics)
+        return _ObservedBody(body, record, metrics, self.usage)
 
     def _respond(self, environ: WSGIEnvironment, record: RequestRecord) -> t.Any:
         request_id = record.request_id
@@ -166,12 +167,13 @@ class _ObservedBody:
     A ``close()`` while the body was still being sent means the client went away.
     """
 
-    __slots__ = ("_body", "_record", "_metrics", "_chunks", "_complete", "_failed", "_closed")
+    __slots__ = ("_body", "_record", "_metrics", "_usage", "_chunks", "_complete", "_failed", "_closed")
 
-    def __init__(self, body: t.Iterable[bytes], record: RequestRecord, metrics: Metrics) -> None:
+    def __init__(self, body: t.Iterable[bytes], record: RequestRecord, metrics: Metrics, usage: UsageLog) -> None:
         self._body = body
         self._record = record
         self._metrics = metrics
+        self._usage = usage
         self._chunks: t.Generator[bytes, None, None] | None = None
         self._complete = False
         self._failed = False
@@ -211,15 +213,15 @@ class _ObservedBody:
             if close is not None:
                 close()
         finally:
-            _finish(record, self._metrics)
+            _finish(record, self._metrics, self._usage)
 
 
-def _finish(record: RequestRecord, metrics: Metrics) -> None:
+def _finish(record: RequestRecord, metrics: Metrics, usage: UsageLog) -> None:
     """The request is over: metrics and usage line; a failure here must not reach the server."""
     record.ended = time.perf_counter()
     try:
         metrics.request_done(record)
-        write_usage(record)
+        usage.write(record)
     except Exception:
         log.exception("recording request %s failed", record.request_id)
     finally:
@@ -235,5 +237,4 @@ def create_app(settings: Settings | None = None, *, transport: Transport | None 
     """Build the WSGI app; settings default to :func:`~wsgiproxy.config.load_settings`."""
     settings = settings or load_settings()
     logging.getLogger("wsgiproxy").setLevel(settings.log_level)
-    configure_usage_log(settings.usage_log)
     return WsgiProxy(settings, transport)
