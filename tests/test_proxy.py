@@ -212,10 +212,41 @@ def test_unknown_model_is_404_naming_the_available_models() -> None:
     assert transport.sent == []
 
 
-def test_other_families_are_refused_clearly_for_now() -> None:
-    resp = client(FakeTransport()).post("/v1/chat/completions",
-                                        json={**CHAT, "model": "anthropic--claude-4.5-sonnet"}, headers=AUTH)
+def test_gemini_is_refused_clearly_for_now() -> None:
+    sub = SubAccount("g", Credentials("client", "secret", "https://auth.example/oauth/token", API), "default",
+                     {"gemini-2.5-flash": (f"{API}/v2/inference/deployments/d9",)})
+    transport = FakeTransport()
+    resp = client(transport, subaccounts=(sub,)).post("/v1/chat/completions",
+                                                      json={**CHAT, "model": "gemini-2.5-flash"}, headers=AUTH)
     assert resp.status_code == 400 and error_of(resp)["code"] == "model_not_supported"
+    assert transport.sent == []
+
+
+def test_anthropic_routes_answer_anthropic_errors() -> None:
+    c = client(FakeTransport())
+    for headers, status, kind in [({}, 401, "authentication_error"), (AUTH, 404, "not_found_error")]:
+        resp = c.post("/v1/messages?beta=true", headers=headers,
+                      json={"model": "claude-nope", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]})
+        assert resp.status_code == status
+        assert json.loads(resp.data) == {"type": "error", "error": {"type": kind, "message": json.loads(
+            resp.data)["error"]["message"]}}
+    resp = c.post("/v1/messages", headers=AUTH, data=b"{not json", content_type="application/json")
+    assert resp.status_code == 400 and json.loads(resp.data)["error"]["type"] == "invalid_request_error"
+    resp = c.post("/v1/messages", headers=AUTH, json={"model": "gpt-4o", "max_tokens": 5,
+                                                      "messages": [{"role": "user", "content": "x"}]})
+    assert resp.status_code == 400 and "not a Claude model" in json.loads(resp.data)["error"]["message"]
+    resp = c.post("/v1/messages/count_tokens", headers=AUTH, json={"model": "claude-sonnet-4-5", "messages": [
+        {"role": "user", "content": "count these words please"}]})
+    assert resp.status_code == 200 and json.loads(resp.data)["input_tokens"] > 0
+
+
+def test_root_and_event_logging_need_no_key_and_no_upstream() -> None:
+    transport = FakeTransport()
+    c = client(transport)
+    assert c.head("/").status_code == 200 and c.get("/").status_code == 200
+    resp = c.post("/api/event_logging/batch", json={"events": []})
+    assert resp.status_code == 200 and json.loads(resp.data) == {}
+    assert transport.sent == []
 
 
 def test_body_over_the_limit_is_413() -> None:

@@ -26,6 +26,8 @@ from .endpoints import Call
 from .endpoints.chat import chat_completions
 from .endpoints.embeddings import embeddings
 from .endpoints.health import health
+from .endpoints.messages import count_tokens, messages
+from .endpoints.meta import event_logging, root
 from .endpoints.models import get_model, list_models
 from .errors import FACE_KEY, ApiError, TokenError, UpstreamError, UpstreamTimeout
 from .logs import REQUEST_ID, UsageLog
@@ -42,7 +44,7 @@ Endpoint = t.Callable[[Call], t.Any]
 
 class Route(t.NamedTuple):
     handler: Endpoint
-    face: str  # error format: "openai" (or "anthropic")
+    face: str  # error format: "openai" or "anthropic"
     authenticated: bool
 
 
@@ -53,6 +55,10 @@ ROUTES: dict[str, Route] = {
     "model": Route(get_model, "openai", True),
     "chat": Route(chat_completions, "openai", True),
     "embeddings": Route(embeddings, "openai", True),
+    "messages": Route(messages, "anthropic", True),
+    "count_tokens": Route(count_tokens, "anthropic", True),
+    "root": Route(root, "openai", False),
+    "event_logging": Route(event_logging, "anthropic", False),
 }
 
 URL_MAP = Map(
@@ -63,6 +69,10 @@ URL_MAP = Map(
         Rule("/v1/models/<path:model>", endpoint="model", methods=["GET"]),
         Rule("/v1/chat/completions", endpoint="chat", methods=["POST"]),
         Rule("/v1/embeddings", endpoint="embeddings", methods=["POST"]),
+        Rule("/v1/messages", endpoint="messages", methods=["POST"]),
+        Rule("/v1/messages/count_tokens", endpoint="count_tokens", methods=["POST"]),
+        Rule("/", endpoint="root", methods=["GET"]),
+        Rule("/api/event_logging/batch", endpoint="event_logging", methods=["POST"]),
     ],
     strict_slashes=False,
     merge_slashes=False,
@@ -143,7 +153,8 @@ class WsgiProxy:
         except NotFound:
             path = environ.get("PATH_INFO", "")
             return ApiError(404, f"Unknown path {path!r}; this proxy serves /v1/chat/completions, "
-                            "/v1/embeddings, /v1/models and /health.", code="unknown_url")
+                            "/v1/embeddings, /v1/models, /v1/messages, /v1/messages/count_tokens and /health.",
+                            code="unknown_url")
         except HTTPException as exc:
             return ApiError(exc.code or 400, exc.description or exc.name)
         except TokenError as exc:

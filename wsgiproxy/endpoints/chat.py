@@ -1,18 +1,27 @@
-"""``POST /v1/chat/completions`` on OpenAI-family deployments, streamed or not."""
+"""``POST /v1/chat/completions``, streamed or not: forwarded to OpenAI-format deployments,
+translated to Bedrock Converse for Claude and the other Bedrock models."""
 
 from __future__ import annotations
 
+import json
+import time
 import typing as t
+import uuid
 
 from werkzeug.wrappers import Response
 
+from ..aicore.catalog import BEDROCK, OPENAI
+from ..aicore.transport import release
 from ..body import json_object, optional_bool, require_model
+from ..dialects import converse
+from ..dialects.bedrock import ACCEPT
 from ..dialects.openai import ChatStream, chat_upstream_body, error_event
-from ..errors import bad_request
+from ..errors import ApiError, bad_request
 from ..streaming import RelayedStream
-from ._upstream import openai_deployment, passthrough, upstream_failure
+from ._upstream import passthrough, pick_deployment, upstream_failure
 
 if t.TYPE_CHECKING:
+    from ..aicore.catalog import Deployment
     from . import Call
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -26,8 +35,17 @@ def chat_completions(call: Call) -> Response:
     if not isinstance(messages, list) or not messages:
         raise bad_request("'messages' must be a non-empty array of messages.", param="messages")
     stream = optional_bool(body, "stream")
-    deployment = openai_deployment(call, model)
+    deployment = pick_deployment(call, model)
     call.record.use(deployment, streamed=stream)
+    if deployment.family == OPENAI:
+        return _openai(call, deployment, body, raw, stream)
+    if deployment.family == BEDROCK:
+        return _converse(call, deployment, body, model, stream)
+    raise ApiError(400, f"The model '{model}' is a {deployment.family} model; this proxy does not serve that "
+                   "family yet.", code="model_not_supported", param="model")
+
+
+def _openai(call: Call, deployment: Deployment, body: dict[str, t.Any], raw: bytes, stream: bool) -> Response:
     upstream_body, client_wants_usage = chat_upstream_body(body, raw)
     response = call.client.post(
         deployment,
@@ -41,6 +59,40 @@ def chat_completions(call: Call) -> Response:
         raise upstream_failure(response, deployment)
     if not stream:
         return passthrough(response, call.record)
-    relay = RelayedStream(response, ChatStream(client_wants_usage), error_event, call.record)
-    return Response(relay, status=200, content_type="text/event-stream; charset=utf-8",
-                    headers=SSE_HEADERS, direct_passthrough=True)
+    return sse_response(RelayedStream(response, ChatStream(client_wants_usage), error_event, call.record))
+
+
+def _converse(call: Call, deployment: Deployment, body: dict[str, t.Any], model: str, stream: bool) -> Response:
+    upstream_body = json.dumps(converse.converse_request(body), ensure_ascii=False, separators=(",", ":")).encode()
+    response = call.client.post(
+        deployment,
+        "/converse-stream" if stream else "/converse",
+        upstream_body,
+        stream=stream,
+        # Why the binary event-stream: see wsgiproxy.dialects.bedrock.ACCEPT.
+        accept=ACCEPT if stream else "application/json",
+    )
+    if response.status >= 400:
+        raise upstream_failure(response, deployment)
+    completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+    if not stream:
+        raw = response.data
+        release(response)
+        try:
+            answer = json.loads(raw)
+        except ValueError:
+            raise ApiError(502, "SAP AI Core answered the Converse call with a body that is not JSON.",
+                           code="upstream_error") from None
+        call.record.tokens(*converse.usage_counts(answer))
+        completion = converse.chat_completion(answer, model, completion_id, created)
+        return Response(json.dumps(completion, ensure_ascii=False), content_type="application/json")
+    options = body.get("stream_options")
+    wants_usage = isinstance(options, dict) and options.get("include_usage") is True
+    translator = converse.ConverseChatStream(model, completion_id, created, wants_usage,
+                                             response.headers.get("content-type"))
+    return sse_response(RelayedStream(response, translator, error_event, call.record))
+
+
+def sse_response(relay: RelayedStream) -> Response:
+    return Response(relay, status=200, content_type="text/event-stream; charset=utf-8", headers=SSE_HEADERS,
+                    direct_passthrough=True)
