@@ -418,3 +418,77 @@ class Stack:
     def close(self) -> None:
         while self._started:
             self._started.pop().stop()
+
+
+def socket_inodes(pid: int) -> set[int]:
+    """Inodes of the sockets process ``pid`` holds open (Linux /proc)."""
+    inodes = set()
+    try:
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return inodes
+    for fd in fds:
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(int(target[8:-1]))
+    return inodes
+
+
+def connection_owners(server_port: int, pids: t.Iterable[int]) -> dict[int, int]:
+    """Client port -> pid, for the connections to ``server_port`` that these processes (workers) hold."""
+    by_inode = {inode: pid for pid in pids for inode in socket_inodes(pid)}
+    owners = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            local_port = int(fields[1].rsplit(":", 1)[1], 16)
+            remote_port = int(fields[2].rsplit(":", 1)[1], 16)
+            inode = int(fields[9])
+            if local_port == server_port and inode in by_inode:
+                owners[remote_port] = by_inode[inode]
+    return owners
+
+
+class OpenStream:
+    """A streamed POST read event by event, with the arrival time of each ``data:`` payload."""
+
+    def __init__(self, base_url: str, path: str, body: t.Any, *, key: str | None = None, timeout: float = 30.0) -> None:
+        url = urllib.parse.urlsplit(base_url)
+        self.conn = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=timeout)
+        headers = {"Content-Type": "application/json"}
+        if key is not None:
+            headers["Authorization"] = f"Bearer {key}"
+        self.conn.request("POST", path, body=json.dumps(body).encode(), headers=headers)
+        self.client_port = int(self.conn.sock.getsockname()[1])
+        self.response = self.conn.getresponse()
+        self.status = self.response.status
+        self.events: list[tuple[float, str]] = []
+        self.error: BaseException | None = None
+
+    def read_all(self) -> OpenStream:
+        """Read to the end; a broken connection is kept in ``error``, not raised."""
+        try:
+            while True:
+                line = self.response.readline()
+                if not line:
+                    break
+                if line.startswith(b"data:"):
+                    self.events.append((time.monotonic(), line[5:].strip().decode()))
+        except (OSError, http.client.HTTPException) as exc:
+            self.error = exc
+        finally:
+            self.conn.close()
+        return self
+
+    @property
+    def complete(self) -> bool:
+        """Status 200 and exactly one final ``[DONE]``, read without error."""
+        data = [event for _, event in self.events]
+        return self.status == 200 and self.error is None and data.count("[DONE]") == 1 and data[-1] == "[DONE]"
