@@ -16,7 +16,8 @@ else ``$WSGIPROXY_LISTEN`` (space- or comma-separated ``host:port``), else the `
 | WSGIPROXY_CHANNEL_TIMEOUT   | channel_timeout    | 120 s; closes idle keep-alive connections only |
 
 ``max_request_body_size`` is the ``max_body_bytes`` tunable. Waitress has no graceful drain:
-SIGTERM or Ctrl-C stops it within a few seconds, cutting open streams.
+SIGTERM or Ctrl-C stops it within a few seconds, cutting open streams. Metrics are this one
+process's (``PROMETHEUS_MULTIPROC_DIR`` is ignored), and app log lines name their request id.
 
 This module imports neither gunicorn nor gevent, so it runs on Windows.
 """
@@ -85,10 +86,13 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.threads is not None and args.threads < 1:
         raise SystemExit("wsgiproxy-waitress: --threads: expected a positive integer")
+    # One process: plain metrics. prometheus_client reads this when first imported (below).
+    os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
 
     from wsgiproxy import create_app
     from wsgiproxy.config import load_settings
     from wsgiproxy.errors import ConfigError
+    from wsgiproxy.logs import RequestIdFilter
 
     try:
         settings = load_settings()
@@ -96,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wsgiproxy: configuration error: {exc}", file=sys.stderr)
         return 1
     logging.basicConfig(level=logging.INFO, format="%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RequestIdFilter())
     options = server_options(settings, args.listen, args.threads)
     if settings.pool_maxsize < options["threads"]:
         logging.getLogger("wsgiproxy").warning(

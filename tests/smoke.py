@@ -107,6 +107,11 @@ def exercise(url: str) -> None:
     check("POST /v1/embeddings (base64) -> 200, float32 bytes", r.status == 200 and raw and len(raw) % 4 == 0,
           (r.status, r.body[:300]))
 
+    r = http_request(url, "GET", "/metrics")
+    text = r.body.decode() if r.status == 200 else ""
+    check("GET /metrics -> 200, counts the chat requests", 'wsgiproxy_requests_total{endpoint="chat"' in text
+          and r.headers.get("Content-Type", "").startswith("text/plain"), (r.status, r.body[:200]))
+
     r = http_request(url, "POST", "/v1/chat/completions", dict(chat, model="no-such-model"), key=KEY)
     check("unknown model -> 404 OpenAI error", r.status == 404 and is_openai_error(r), (r.status, r.body[:300]))
 

@@ -188,6 +188,9 @@ def test_waitress_runner_serves_streams(stack: Stack) -> None:
     assert r.status == 200 and r.headers.get("Server") == "wsgiproxy"
     _chat_and_stream(proxy)
     assert "with 16 threads" in proxy.output()
+    metrics = http_request(proxy.url, "GET", "/metrics").body.decode()  # single-process mode
+    assert re.search(r'^wsgiproxy_requests_total\{endpoint="chat",model="gpt-4o",status="200"\} 2\.0$', metrics,
+                     re.MULTILINE), metrics[:2000]
     assert proxy.stop() == 0
 
 
