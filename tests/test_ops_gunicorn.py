@@ -125,6 +125,13 @@ def test_metrics_sum_exactly_across_three_workers(stack: Stack, tmp_path: Path) 
     assert len(owners) >= 2, f"every stream went to one worker: {owners}"
     lines = usage.read_text().splitlines()
     assert len(lines) == n and all('"endpoint":"chat"' in line for line in lines)
+
+    # an app log line about a request names it, as the access log does
+    sim.control("/_sim/faults", {"faults": [{"kind": "status", "status": 429, "retry_after": 7}]})
+    limited = http_request(proxy.url, "POST", "/v1/chat/completions", CHAT, key=KEY, headers={"X-Request-Id": "rl-1"})
+    assert limited.status == 429 and limited.headers["X-Request-Id"] == "rl-1"
+    wait_until(lambda: "rid=rl-1" in proxy.output(), 5, "the warning about rl-1 logged")
+    assert any("429" in line and line.endswith("rid=rl-1") for line in proxy.output().splitlines())
     log = proxy.output()
     port = proxy.url.rsplit(":", 1)[1]
     assert re.search(rf"listening on http://127\.0\.0\.1:{port}; 3 gevent worker", log), log[-2000:]
