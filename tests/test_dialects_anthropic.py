@@ -17,6 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from wsgiproxy.dialects import anthropic as dialect
 from wsgiproxy.dialects.anthropic import (
     BETAS,
     FIELDS,
@@ -736,3 +737,26 @@ def test_count_tokens_needs_messages(body: t.Any) -> None:
     with pytest.raises(ApiError) as info:
         count_tokens(body)
     assert info.value.code == 400
+
+
+@pytest.mark.parametrize(("sap_model", "knows"), [
+    ("anthropic--claude-4.5-sonnet", False), ("anthropic--claude-3.7-sonnet", False),
+    ("anthropic--claude-4-opus", False),
+    ("anthropic--claude-4.6-opus", True), ("anthropic--claude-4.7-opus", True), ("anthropic--claude-5-sonnet", True),
+])
+def test_which_models_know_adaptive_thinking(sap_model: str, knows: bool) -> None:
+    assert dialect.knows_adaptive_thinking(sap_model) is knows
+
+
+@pytest.mark.parametrize(("max_tokens", "expected"), [
+    (32000, {"type": "enabled", "budget_tokens": 31999}),
+    (64000, {"type": "enabled", "budget_tokens": 31999}),
+    (4000, {"type": "enabled", "budget_tokens": 3999}),
+    (1024, None),  # no room for Bedrock's minimum budget: no thinking
+])
+def test_adaptive_thinking_becomes_a_budget_for_older_models(max_tokens: int, expected: dict | None) -> None:
+    body = {"model": "m", "max_tokens": max_tokens, "temperature": 0.5, "messages": [{"role": "user", "content": "x"}],
+            "thinking": {"type": "adaptive", "display": "omitted"}}
+    sent = json.loads(dialect.invoke_body(body, None, adaptive_thinking=False))
+    assert sent.get("thinking") == expected
+    assert json.loads(dialect.invoke_body(body, None))["thinking"] == {"type": "adaptive"}

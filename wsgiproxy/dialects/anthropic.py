@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import typing as t
 
 from ..errors import ApiError, bad_request
@@ -60,10 +61,26 @@ TOOL_FIELDS = ("name", "description", "input_schema", "cache_control")
 #: Keys kept in ``thinking``: ``display`` (Claude Code sends ``"omitted"``) is first-party only.
 THINKING_FIELDS = ("type", "budget_tokens")
 
+#: Largest thinking budget given to a model that does not know adaptive thinking: Claude Code's own
+#: budget for such models (32000 max tokens, 31999 budget).
+ADAPTIVE_BUDGET = 31999
+_MIN_BUDGET = 1024  # Bedrock's floor for budget_tokens
+_CLAUDE_VERSION = re.compile(r"claude-(\d+)(?:\.(\d+))?-")
+
 _ROLES = ("user", "assistant")
 
 
-def invoke_body(body: t.Any, beta_header: str | None) -> bytes:
+def knows_adaptive_thinking(sap_model: str) -> bool:
+    """Whether a SAP Claude model accepts ``thinking: {"type": "adaptive"}`` (Claude 4.6 and later).
+
+    Claude Code sends adaptive thinking for any model id it does not recognise, SAP names included;
+    older models reject it with a 400, so for them it becomes a fixed budget.
+    """
+    match = _CLAUDE_VERSION.search(sap_model)
+    return bool(match) and (int(match[1]), int(match[2] or 0)) >= (4, 6)  # type: ignore[index]
+
+
+def invoke_body(body: t.Any, beta_header: str | None, *, adaptive_thinking: bool = True) -> bytes:
     """The Messages request as Bedrock invoke accepts it (see the allow-lists above).
 
     Also: ``role: "system"`` turns (Claude Code sends them mid-conversation) are hoisted, in
@@ -72,6 +89,9 @@ def invoke_body(body: t.Any, beta_header: str | None) -> bytes:
     ``top_k`` are dropped because Anthropic rejects them together.
 
     :param beta_header: the client's ``anthropic-beta`` header, comma-separated.
+    :param adaptive_thinking: whether the model knows adaptive thinking; if not, adaptive thinking
+        becomes ``enabled`` with a budget of ``max_tokens - 1`` (at most :data:`ADAPTIVE_BUDGET`),
+        or no thinking when ``max_tokens`` leaves no room for Bedrock's minimum budget.
     :raises ApiError: 400, for a missing ``max_tokens``, empty ``messages`` or a malformed field.
     """
     if not isinstance(body, dict):
@@ -94,7 +114,7 @@ def invoke_body(body: t.Any, beta_header: str | None) -> bytes:
     else:
         out["system"] = system
     _tools(out)
-    _thinking(out)
+    _thinking(out, adaptive_thinking)
     betas = _betas(body.get("anthropic_beta"), beta_header)
     if betas:
         out["anthropic_beta"] = betas
@@ -194,13 +214,19 @@ def _tool(tool: dict[str, t.Any], i: int) -> dict[str, t.Any]:
     return _cache_control(kept) if "cache_control" in kept else kept
 
 
-def _thinking(out: dict[str, t.Any]) -> None:
+def _thinking(out: dict[str, t.Any], adaptive: bool) -> None:
     thinking = out.get("thinking")
     if thinking is None:
         return
     if not isinstance(thinking, dict):
         raise bad_request("'thinking' must be an object.", param="thinking")
     out["thinking"] = {key: thinking[key] for key in THINKING_FIELDS if key in thinking}
+    if thinking.get("type") == "adaptive" and not adaptive:
+        budget = min(out["max_tokens"] - 1, ADAPTIVE_BUDGET)
+        if budget < _MIN_BUDGET:
+            del out["thinking"]
+            return
+        out["thinking"] = {"type": "enabled", "budget_tokens": budget}
     if thinking.get("type") in ("enabled", "adaptive"):
         out.pop("temperature", None)
         out.pop("top_k", None)

@@ -39,8 +39,9 @@ def messages(call: Call) -> Response:
     body = json_object(call.body())
     model = require_model(body)
     stream = optional_bool(body, "stream")
-    upstream_body = anthropic.invoke_body(body, call.environ.get("HTTP_ANTHROPIC_BETA"))
     deployment = claude_deployment(call, model)
+    upstream_body = anthropic.invoke_body(body, call.environ.get("HTTP_ANTHROPIC_BETA"),
+                                          adaptive_thinking=anthropic.knows_adaptive_thinking(deployment.model))
     call.record.use(deployment, streamed=stream)
     response = call.client.post(
         deployment,
