@@ -1,5 +1,6 @@
 -- wrk script for the benchmark: POST the body in $BENCH_BODY with the client key in $BENCH_KEY;
--- with $BENCH_LIMIT, stop after that many responses (the soak); print one JSON line at the end.
+-- with $BENCH_LIMIT, stop after that many responses (the soak) and create $BENCH_DONE_FILE, so the
+-- runner can end wrk with SIGINT (wrk itself would sleep out -d); print one JSON line at the end.
 local body_file = os.getenv("BENCH_BODY")
 local key = os.getenv("BENCH_KEY") or ""
 local limit = tonumber(os.getenv("BENCH_LIMIT") or "0")
@@ -17,7 +18,13 @@ if limit > 0 then
   local seen = 0
   response = function(status, headers, body)
     seen = seen + 1
-    if seen >= limit then
+    if seen == limit then
+      local done_file = os.getenv("BENCH_DONE_FILE")
+      if done_file then
+        local out = io.open(done_file, "w")
+        out:write("done\n")
+        out:close()
+      end
       wrk.thread:stop()
     end
   end

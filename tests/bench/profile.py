@@ -19,6 +19,8 @@ import time
 import typing as t
 from pathlib import Path
 
+from tests._stack import ROOT
+
 from . import payloads as p
 
 if t.TYPE_CHECKING:
@@ -32,15 +34,6 @@ def py_spy() -> str:
     if not Path(found).exists():
         raise SystemExit("bench --profile: py-spy is missing; install it with: .venv/bin/pip install py-spy")
     return found
-
-
-def _short_file(path: str) -> str:
-    for marker in ("/site-packages/", "/lib/python3", "/work/", "/wsgiproxy/"):
-        if marker in path:
-            tail = path.split(marker, 1)[1]
-            return ("wsgiproxy/" + tail) if marker == "/wsgiproxy/" else tail.split("/", 1)[-1] if marker == \
-                "/lib/python3" else tail
-    return path
 
 
 def _name(frame: str) -> str:
@@ -155,7 +148,8 @@ def profile(bench: Bench, scratch: Path, seconds: float = 20.0) -> dict[str, t.A
             raise RuntimeError(f"py-spy wrote nothing: {err.decode(errors='replace')[-800:]}")
         us = cpu / max(count, 1) * 1e6
         out[kind] = {"concurrency": concurrency, "requests": count, "cpu_us_per_req": round(us, 1),
-                     "worker_cpu_pct": round(cpu / wall * 100, 1), "collapsed": str(collapsed),
+                     "worker_cpu_pct": round(cpu / wall * 100, 1),
+                     "collapsed": str(collapsed.relative_to(ROOT) if collapsed.is_relative_to(ROOT) else collapsed),
                      "load": result} | analyse(collapsed, us)
         print(f"profile {kind}: {count} requests, {us:.0f} µs CPU each; {out[kind]['samples']} samples", flush=True)
         for row in out[kind]["self"][:15]:

@@ -32,6 +32,7 @@ import os
 import platform
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -105,16 +106,35 @@ def children_cpu() -> float:
 
 
 def wrk(url: str, body_file: Path, key: str, connections: int, seconds: float, limit: int = 0) -> dict[str, t.Any]:
-    env = base_env({"BENCH_BODY": str(body_file), "BENCH_KEY": key, "BENCH_LIMIT": str(limit)})
+    """wrk for ``seconds``; with ``limit``, until that many responses (then SIGINT), at most ``seconds``."""
+    done_file = body_file.parent / f"wrk-done-{time.monotonic_ns()}"
+    env = base_env({"BENCH_BODY": str(body_file), "BENCH_KEY": key, "BENCH_LIMIT": str(limit),
+                    "BENCH_DONE_FILE": str(done_file)})
     cmd = [*T.taskset(LOAD_CPU), "wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "10s",
            "-s", str(HERE / "post.lua"), url]
     before = children_cpu()
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=seconds + 60)
+    start = time.monotonic()
+    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    elapsed = 0.0
+    if limit:
+        while process.poll() is None and time.monotonic() - start < seconds + 5:
+            if done_file.exists():
+                elapsed = time.monotonic() - start
+                process.send_signal(signal.SIGINT)  # wrk prints its summary on SIGINT
+                break
+            time.sleep(0.05)
+    try:
+        stdout, stderr = process.communicate(timeout=seconds + 60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        stdout, stderr = process.communicate()
     loadgen_cpu = children_cpu() - before
-    line = next((x for x in out.stdout.splitlines() if x.startswith("BENCH_JSON ")), None)
-    if out.returncode != 0 or line is None:
-        raise RuntimeError(f"wrk failed ({out.returncode}): {out.stdout[-800:]} {out.stderr[-800:]}")
+    line = next((x for x in stdout.splitlines() if x.startswith("BENCH_JSON ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk failed ({process.returncode}): {stdout[-800:]} {stderr[-800:]}")
     result = json.loads(line.split(" ", 1)[1])
+    if elapsed:
+        result["duration_us"] = int(elapsed * 1e6)  # wrk's own figure includes its idle wait after the limit
     result["loadgen_cpu_s"] = round(loadgen_cpu, 3)
     return t.cast(dict[str, t.Any], result)
 
