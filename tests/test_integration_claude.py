@@ -2,9 +2,9 @@
 
 The simulator's Bedrock dialect is strict like Bedrock (unknown top-level fields are a 400), so
 every success here also proves the proxy's translation and sanitizing. Its scenarios are
-deterministic: with tools declared, the model calls the first tool (or the named one) with input
-built from the schema; after a tool result it answers ``Tool <name> returned: ...``; with thinking
-enabled a thinking block comes first.
+deterministic: the model calls a tool only when the prompt names it (or the tool choice forces one),
+with input built from the schema; after a tool result it answers ``Tool <name> returned: ...``; with
+thinking enabled a thinking block comes first.
 """
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ def test_messages_stream_wire_format(proxy: Server) -> None:
 @pytest.mark.parametrize("stream", [False, True])
 def test_tool_use_round_trip(proxy: Server, stream: bool) -> None:
     c = claude(proxy)
-    question = [{"role": "user", "content": "Weather in Paris?"}]
+    question = [{"role": "user", "content": "Use get_weather for Paris"}]
     if stream:
         with c.messages.stream(model=CLAUDE, max_tokens=300, tools=[WEATHER], messages=question) as s:
             first = s.get_final_message()
@@ -135,6 +135,25 @@ def test_tool_use_round_trip(proxy: Server, stream: bool) -> None:
     ])
     assert answer.stop_reason == "end_turn"
     assert "18 C, sunny" in answer.content[0].text  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_declared_tools_alone_get_a_text_answer(proxy: Server, stream: bool) -> None:
+    # Claude Code declares a dozen tools (``Agent`` first) on every request; "say hi" must not call one.
+    tools = [{"name": name, "description": name, "input_schema": {"type": "object", "properties": {
+        "prompt": {"type": "string"}}, "required": ["prompt"]}} for name in ("Agent", "Bash", "Read", "TodoWrite")]
+    question = [{"role": "user", "content": [
+        {"type": "text", "text": "<system-reminder>Please use the TodoWrite tool to plan.</system-reminder>"},
+        {"type": "text", "text": "say hi"}]}]
+    c = claude(proxy)
+    if stream:
+        with c.messages.stream(model=CLAUDE, max_tokens=300, tools=tools, messages=question) as s:
+            message = s.get_final_message()
+    else:
+        message = c.messages.create(model=CLAUDE, max_tokens=300, tools=tools, messages=question)
+    assert message.stop_reason == "end_turn"
+    assert [block.type for block in message.content] == ["text"]
+    assert message.content[0].text  # type: ignore[union-attr]
 
 
 def test_thinking(proxy: Server) -> None:
@@ -211,7 +230,7 @@ def test_chat_streaming_tool_call_accumulates_to_valid_json(proxy: Server) -> No
     tool = {"type": "function", "function": {"name": WEATHER["name"], "description": WEATHER["description"],
                                              "parameters": WEATHER["input_schema"]}}
     with gpt(proxy).chat.completions.stream(model=CLAUDE, tools=[tool],  # type: ignore[list-item]
-                                            messages=[{"role": "user", "content": "Weather?"}]) as stream:
+                                            messages=[{"role": "user", "content": "Use get_weather"}]) as stream:
         for _ in stream:
             pass
         final = stream.get_final_completion()
@@ -221,7 +240,7 @@ def test_chat_streaming_tool_call_accumulates_to_valid_json(proxy: Server) -> No
     assert len(calls) == 1 and calls[0].function.name == "get_weather"  # type: ignore[union-attr]
     assert json.loads(calls[0].function.arguments) == {"city": "sim", "days": 1}  # type: ignore[union-attr]
     follow_up = gpt(proxy).chat.completions.create(model=CLAUDE, tools=[tool], messages=[  # type: ignore[list-item]
-        {"role": "user", "content": "Weather?"},
+        {"role": "user", "content": "Use get_weather"},
         choice.message.model_dump(exclude_none=True),  # type: ignore[list-item]
         {"role": "tool", "tool_call_id": calls[0].id, "content": "18 C, sunny"},
     ])

@@ -227,7 +227,7 @@ def test_write_config_lists_claude(state: SimState) -> None:
 
 # -- scenarios -------------------------------------------------------------------------------
 def test_invoke_tool_use_then_result(client: Client, headers: dict[str, str]) -> None:
-    asked = {"role": "user", "content": [{"type": "text", "text": "Weather in Paris?"}]}
+    asked = {"role": "user", "content": [{"type": "text", "text": "Use get_weather for Paris"}]}
     first = post(client, headers, "invoke", invoke_body(asked, tools=[WEATHER])).get_json()
     assert first["stop_reason"] == "tool_use"
     intro, call = first["content"]
@@ -254,12 +254,49 @@ def test_invoke_tool_choice(client: Client, headers: dict[str, str]) -> None:
                                             "any": "sim"}
     forced = post(client, headers, "invoke", invoke_body(tools=[WEATHER, other], tool_choice={"type": "any"}))
     assert forced.get_json()["content"][1]["name"] == "get_weather"
-    none = post(client, headers, "invoke", invoke_body(tools=[WEATHER], tool_choice={"type": "none"})).get_json()
-    assert none["content"] == [{"type": "text", "text": answer_text(MODEL, "Hello there")}]
+    mentioned = {"role": "user", "content": "then LOOKUP the rest"}
+    forced = post(client, headers, "invoke", invoke_body(mentioned, tools=[WEATHER, other],
+                                                         tool_choice={"type": "any"}))
+    assert forced.get_json()["content"][1]["name"] == "lookup"
+    named = post(client, headers, "invoke", invoke_body(mentioned, tools=[WEATHER, other],
+                                                        tool_choice={"type": "tool", "name": "get_weather"}))
+    assert named.get_json()["content"][1]["name"] == "get_weather"
+    none = post(client, headers, "invoke", invoke_body(mentioned, tools=[WEATHER, other],
+                                                       tool_choice={"type": "none"})).get_json()
+    assert none["content"] == [{"type": "text", "text": answer_text(MODEL, "then LOOKUP the rest")}]
+
+
+def test_invoke_tools_declared_but_not_mentioned_answer_text(client: Client, headers: dict[str, str]) -> None:
+    other = {"name": "lookup", "input_schema": {"type": "object"}}
+    for choice in (None, {"type": "auto"}):
+        extra = {} if choice is None else {"tool_choice": choice}
+        answer = post(client, headers, "invoke", invoke_body(tools=[WEATHER, other], **extra)).get_json()
+        assert answer["content"] == [{"type": "text", "text": answer_text(MODEL, "Hello there")}]
+        assert answer["stop_reason"] == "end_turn"
+    # Only a whole word counts, and Claude Code's <system-reminder> spans are not searched.
+    near = {"role": "user", "content": [
+        {"type": "text", "text": "<system-reminder>use the lookup tool</system-reminder>"},
+        {"type": "text", "text": "get_weathers lookups my-lookup get weather"}]}
+    answer = post(client, headers, "invoke", invoke_body(near, tools=[WEATHER, other])).get_json()
+    assert answer["stop_reason"] == "end_turn" and [b["type"] for b in answer["content"]] == ["text"]
+
+
+def test_invoke_mentioned_tool_is_called(client: Client, headers: dict[str, str]) -> None:
+    bash = {"name": "Bash", "input_schema": {"type": "object", "properties": {"command": {"type": "string"}}}}
+    # The first declared tool that is mentioned, wherever the mention is.
+    for said, name in [("run bash to list files", "Bash"), ("Use GET_WEATHER for Paris", "get_weather"),
+                       ("get_weather, then BASH.", "Bash")]:
+        asked = {"role": "user", "content": [{"type": "text", "text": "Hi."}, {"type": "text", "text": said}]}
+        answer = post(client, headers, "invoke", invoke_body(asked, tools=[bash, WEATHER])).get_json()
+        assert answer["stop_reason"] == "tool_use", said
+        assert answer["content"][0] == {"type": "text", "text": f"I'll use {name}."}
+        assert answer["content"][1]["name"] == name
 
 
 def test_invoke_stream_tool_use_fragments(client: Client, headers: dict[str, str]) -> None:
-    events = anthropic_events(post(client, headers, "invoke-with-response-stream", invoke_body(tools=[WEATHER])))
+    asked = {"role": "user", "content": "Use get_weather for Paris"}
+    events = anthropic_events(post(client, headers, "invoke-with-response-stream",
+                                   invoke_body(asked, tools=[WEATHER])))
     start = next(e for e in events if e["type"] == "content_block_start" and e["index"] == 1)
     assert start["content_block"]["type"] == "tool_use" and start["content_block"]["input"] == {}
     assert re.fullmatch(r"toolu_bdrk_[0-9a-f]{24}", start["content_block"]["id"])
@@ -323,6 +360,36 @@ def test_converse_tool_use_stream_and_result(client: Client, headers: dict[str, 
     answer = post(client, headers, "converse", converse_body(asked, called, result, toolConfig=CONVERSE_TOOLS))
     assert answer.get_json()["output"]["message"]["content"] == [{"text": 'Tool get_weather returned: {"t":21}'}]
     assert answer.get_json()["stopReason"] == "end_turn"
+
+
+def test_converse_tool_rule(client: Client, headers: dict[str, str]) -> None:
+    lookup = {"toolSpec": {"name": "lookup", "inputSchema": {"json": {"type": "object"}}}}
+    tools = {"tools": [*CONVERSE_TOOLS["tools"], lookup]}
+
+    def called(said: str, **choice: Any) -> str | None:
+        asked = {"role": "user", "content": [{"text": said}]}
+        config = {**tools, "toolChoice": choice} if choice else tools
+        answer = post(client, headers, "converse", converse_body(asked, toolConfig=config)).get_json()
+        blocks = answer["output"]["message"]["content"]
+        if answer["stopReason"] != "tool_use":
+            assert blocks == [{"text": answer_text(MODEL, said)}] and answer["stopReason"] == "end_turn"
+            return None
+        assert blocks[0] == {"text": f"I'll use {blocks[1]['toolUse']['name']}."}
+        return str(blocks[1]["toolUse"]["name"])
+
+    assert called("Weather in Paris?") is None
+    assert called("Weather in Paris?", auto={}) is None
+    assert called("Use get_weather for Paris") == "get_weather"
+    assert called("Lookup then get_weather") == "get_weather"
+    assert called("Lookup please", auto={}) == "lookup"
+    assert called("Weather in Paris?", any={}) == "get_weather"
+    assert called("Lookup please", any={}) == "lookup"
+    assert called("Weather in Paris?", tool={"name": "lookup"}) == "lookup"
+    assert called("Use get_weather", tool={"name": "lookup"}) == "lookup"
+    events = converse_events(post(client, headers, "converse-stream", converse_body(
+        {"role": "user", "content": [{"text": "Weather in Paris?"}]}, toolConfig=tools)))
+    assert [next(iter(e)) for e in events].count("contentBlockStart") == 0
+    assert events[-2] == {"messageStop": {"stopReason": "end_turn"}}
 
 
 def test_converse_thinking_is_reasoning_content(client: Client, headers: dict[str, str]) -> None:

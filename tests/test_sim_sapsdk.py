@@ -79,7 +79,7 @@ def test_converse(bedrock: Any, sim: SimServer) -> None:
 
 def test_converse_tool_use_and_result(bedrock: Any) -> None:
     tools = {"tools": [{"toolSpec": {"name": "get_weather", "inputSchema": {"json": WEATHER}}}]}
-    asked = [{"role": "user", "content": [{"text": "Weather in Paris?"}]}]
+    asked = [{"role": "user", "content": [{"text": "Use get_weather for Paris"}]}]
     first = bedrock.converse(messages=asked, toolConfig=tools)
     assert first["stopReason"] == "tool_use"
     text, call = first["output"]["message"]["content"]

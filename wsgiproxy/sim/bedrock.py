@@ -42,12 +42,20 @@ Scenarios (deterministic; the proxy's integration tests rely on them exactly):
 - tool results in the last user turn: one line per result, ``Tool <name> returned:
   <first 80 characters of its text>`` (name from the matching tool call; converse
   ``json`` content is compact JSON), stop ``end_turn``.
-- otherwise, tools declared and a tool choice other than ``none`` (or none given): the
-  text ``I'll use <name>.`` then a call of the ``tool`` choice's tool, else the first
-  declared tool, with an input built from its schema: every ``required`` property (all
-  of them if none is required) set to the first ``enum`` value or by type (string
-  ``"sim"``, integer 1, number 1.5, boolean true, array [], object {}, else ``"sim"``);
-  ids ``toolu_bdrk_<hex>`` (converse ``tooluse_<hex>``); stop ``tool_use``.
+- otherwise, with tools declared and a tool choice other than ``none``, the model calls a
+  tool only when the choice forces one (invoke ``tool_choice`` ``{"type": "any"}`` or
+  ``{"type": "tool", "name": ...}``, converse ``toolChoice`` ``any`` or ``tool``) or *said*
+  mentions a declared tool's name (case-insensitive, as a whole word, where ``_`` and ``-``
+  are word characters: ``use get_weather for Paris``, ``run Bash to list files``, but not
+  ``get_weathers``; ``<system-reminder>...</system-reminder>`` spans, which
+  Claude Code adds to user turns, are not searched).  The tool is the ``tool`` choice's
+  one, else the first declared tool that *said* mentions, else (choice ``any``) the first
+  declared tool.  Merely declaring tools (Claude Code declares a dozen on every request)
+  calls none: the answer is the text below, as without tools.  A call answers the text
+  ``I'll use <name>.`` then the call, with an input built from the tool's schema: every
+  ``required`` property (all of them if none is required) set to the first ``enum`` value or
+  by type (string ``"sim"``, integer 1, number 1.5, boolean true, array [], object {}, else
+  ``"sim"``); ids ``toolu_bdrk_<hex>`` (converse ``tooluse_<hex>``); stop ``tool_use``.
 - otherwise the text of :func:`~.text.answer_text`.  In these two text cases the text is
   cut before the earliest stop sequence found (stop ``stop_sequence``), then to max tokens
   words (stop ``max_tokens``), else stop ``end_turn``.
@@ -107,6 +115,7 @@ THINKING_QUOTE = 40
 RESULT_QUOTE = 80
 TOOL_FRAGMENTS = 3
 _INFERENCE_CONFIG = frozenset({"maxTokens", "temperature", "topP", "stopSequences"})
+_REMINDER = re.compile(r"<system-reminder>.*?</system-reminder>", re.DOTALL)
 _TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 _SAMPLES: dict[str, object] = {"string": "sim", "integer": 1, "number": 1.5, "boolean": True, "array": [], "object": {}}
 _PADDING = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
@@ -228,8 +237,8 @@ def _answer(model: str, ask: _Ask, tool_id: str) -> _Answer:
         signature = base64.b64encode(hashlib.sha256(thought.encode()).digest()).decode("ascii")
         blocks.append(_Block("thinking", text=thought, signature=signature))
     stop_sequence: str | None = None
-    if not ask.results and ask.tools and ask.choice != "none":
-        tool = next((t for t in ask.tools if t.name == ask.chosen), ask.tools[0])
+    tool = _called_tool(ask)
+    if tool is not None:
         blocks.append(_Block("text", text=f"I'll use {tool.name}."))
         blocks.append(_Block("tool_use", tool_id=tool_id, name=tool.name, input=tool_input(tool.schema)))
         stop_reason = "tool_use"
@@ -247,6 +256,24 @@ def _answer(model: str, ask: _Ask, tool_id: str) -> _Answer:
     output = sum(count_tokens(b.text) for b in blocks)
     output += sum(count_tokens(json.dumps(b.input)) for b in blocks if b.kind == "tool_use")
     return _Answer(tuple(blocks), stop_reason, stop_sequence, ask.input_tokens, output)
+
+
+def _called_tool(ask: _Ask) -> _Tool | None:
+    """The tool the model calls (see the module docstring), or None for a text answer."""
+    if ask.results or not ask.tools or ask.choice == "none":
+        return None
+    if ask.choice == "tool":
+        return next((t for t in ask.tools if t.name == ask.chosen), ask.tools[0])
+    text = _REMINDER.sub(" ", ask.said)
+    mentioned = next((t for t in ask.tools if mentions(text, t.name)), None)
+    if mentioned is None and ask.choice == "any":
+        return ask.tools[0]
+    return mentioned
+
+
+def mentions(text: str, name: str) -> bool:
+    """Whether *text* names *name*: case-insensitive, as a whole word (``get_weather``, not ``get_weathers``)."""
+    return re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", text, re.IGNORECASE) is not None
 
 
 def _cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, str | None]:
