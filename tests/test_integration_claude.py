@@ -266,3 +266,12 @@ def test_chat_reasoning_effort_shows_reasoning(proxy: Server) -> None:
     message = completion.choices[0].message
     assert getattr(message, "reasoning_content", None)
     assert message.content
+
+
+def test_adaptive_thinking_with_a_sap_id(proxy: Server, sim: Sim) -> None:
+    """Claude Code sends adaptive thinking for SAP ids; Claude 4.5 on Bedrock only knows a budget."""
+    message = claude(proxy).messages.create(
+        model=CLAUDE, max_tokens=32000, thinking={"type": "adaptive"},  # type: ignore[typeddict-item]
+        messages=[{"role": "user", "content": "Think first"}])
+    assert [block.type for block in message.content][:2] == ["thinking", "text"]
+    assert sim.stats()["last_inference"]["json"]["thinking"] == {"type": "enabled", "budget_tokens": 31999}
