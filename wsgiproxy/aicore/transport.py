@@ -47,10 +47,16 @@ class Transport:
         self._ca_certs = ca_certs
         self._pid = -1
         self._manager: urllib3.PoolManager | None = None
+        # Per process, with the manager: origin → its pool, (connect, read) → Timeout. Looking them
+        # up here skips urllib3's URL parsing and pool-key normalising on every request.
+        self._pools: dict[str, urllib3.HTTPConnectionPool] = {}
+        self._timeouts: dict[tuple[float, float], urllib3.Timeout] = {}
 
     @property
     def manager(self) -> urllib3.PoolManager:
         if self._manager is None or self._pid != os.getpid():
+            self._pools = {}
+            self._timeouts = {}
             kwargs: dict[str, t.Any] = {}
             if self._ca_certs:
                 kwargs["ca_certs"] = self._ca_certs
@@ -72,18 +78,30 @@ class Transport:
         stream: bool,
     ) -> urllib3.BaseHTTPResponse:
         """Send one request; with ``stream`` the body is left unread for the caller."""
+        manager = self.manager
+        scheme, _, rest = url.partition("://")
+        host, _, path = rest.partition("/")
+        origin = f"{scheme}://{host}"
+        pool = self._pools.get(origin)
+        if pool is None:
+            pool = self._pools[origin] = manager.connection_from_url(origin)
+        timeout = self._timeouts.get((connect_timeout, read_timeout))
+        if timeout is None:
+            timeout = self._timeouts[(connect_timeout, read_timeout)] = urllib3.Timeout(
+                connect=connect_timeout, read=read_timeout)
         try:
-            return self.manager.urlopen(
+            return pool.urlopen(
                 method,
-                url,
+                "/" + path,
                 body=body,
-                headers=dict(headers),
-                timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
-                pool_timeout=self._pool_timeout,
+                headers=headers,
+                timeout=timeout,
+                pool_timeout=self._pool_timeout,  # type: ignore[arg-type]  # a float works; the stub says int
                 preload_content=not stream,
                 decode_content=True,
                 redirect=False,
                 retries=_RETRIES,
+                assert_same_host=False,
             )
         except MaxRetryError as exc:
             raise _mapped(exc.reason or exc, url) from exc
