@@ -7,10 +7,9 @@ import logging
 import re
 import typing as t
 
-from werkzeug.wrappers import Response
-
 from ..aicore.catalog import OPENAI, Deployment, UnknownModel
 from ..aicore.transport import discard
+from ..answers import Answer, json_answer
 from ..errors import ApiError
 
 if t.TYPE_CHECKING:
@@ -97,13 +96,13 @@ _PROMPT_TOKENS = re.compile(rb'"prompt_tokens"\s*:\s*(\d+)')
 _COMPLETION_TOKENS = re.compile(rb'"completion_tokens"\s*:\s*(\d+)')
 
 
-def passthrough(response: urllib3.BaseHTTPResponse, record: RequestRecord | None = None) -> Response:
+def passthrough(response: urllib3.BaseHTTPResponse, record: RequestRecord | None = None) -> Answer:
     """A complete (non-streamed) upstream JSON answer, relayed as is; its usage goes into ``record``."""
     content_type = response.headers.get("content-type", "application/json")
     data = response.data
     if record is not None:
         record.tokens(*usage_tokens(data))
-    return Response(data, status=response.status, content_type=content_type)
+    return json_answer(data, response.status, content_type)
 
 
 def usage_tokens(data: bytes) -> tuple[int | None, int | None]:

@@ -8,10 +8,9 @@ import time
 import typing as t
 import uuid
 
-from werkzeug.wrappers import Response
-
 from ..aicore.catalog import BEDROCK, OPENAI
 from ..aicore.transport import release
+from ..answers import Answer, json_answer, sse_answer
 from ..body import json_object, optional_bool, require_model
 from ..dialects import converse
 from ..dialects.bedrock import ACCEPT
@@ -24,10 +23,7 @@ if t.TYPE_CHECKING:
     from ..aicore.catalog import Deployment
     from . import Call
 
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-
-
-def chat_completions(call: Call) -> Response:
+def chat_completions(call: Call) -> Answer:
     raw = call.body()
     body = json_object(raw)
     model = require_model(body)
@@ -45,7 +41,7 @@ def chat_completions(call: Call) -> Response:
                    "family yet.", code="model_not_supported", param="model")
 
 
-def _openai(call: Call, deployment: Deployment, body: dict[str, t.Any], raw: bytes, stream: bool) -> Response:
+def _openai(call: Call, deployment: Deployment, body: dict[str, t.Any], raw: bytes, stream: bool) -> Answer:
     upstream_body, client_wants_usage = chat_upstream_body(body, raw)
     response = call.client.post(
         deployment,
@@ -59,10 +55,10 @@ def _openai(call: Call, deployment: Deployment, body: dict[str, t.Any], raw: byt
         raise upstream_failure(response, deployment)
     if not stream:
         return passthrough(response, call.record)
-    return sse_response(RelayedStream(response, ChatStream(client_wants_usage), error_event, call.record))
+    return sse_answer(RelayedStream(response, ChatStream(client_wants_usage), error_event, call.record))
 
 
-def _converse(call: Call, deployment: Deployment, body: dict[str, t.Any], model: str, stream: bool) -> Response:
+def _converse(call: Call, deployment: Deployment, body: dict[str, t.Any], model: str, stream: bool) -> Answer:
     upstream_body = json.dumps(converse.converse_request(body), ensure_ascii=False, separators=(",", ":")).encode()
     response = call.client.post(
         deployment,
@@ -85,14 +81,11 @@ def _converse(call: Call, deployment: Deployment, body: dict[str, t.Any], model:
                            code="upstream_error") from None
         call.record.tokens(*converse.usage_counts(answer))
         completion = converse.chat_completion(answer, model, completion_id, created)
-        return Response(json.dumps(completion, ensure_ascii=False), content_type="application/json")
+        return json_answer(json.dumps(completion, ensure_ascii=False).encode())
     options = body.get("stream_options")
     wants_usage = isinstance(options, dict) and options.get("include_usage") is True
     translator = converse.ConverseChatStream(model, completion_id, created, wants_usage,
                                              response.headers.get("content-type"))
-    return sse_response(RelayedStream(response, translator, error_event, call.record))
+    return sse_answer(RelayedStream(response, translator, error_event, call.record))
 
 
-def sse_response(relay: RelayedStream) -> Response:
-    return Response(relay, status=200, content_type="text/event-stream; charset=utf-8", headers=SSE_HEADERS,
-                    direct_passthrough=True)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import typing as t
 
-from werkzeug.wrappers import Response
-
+from ..answers import Answer
 from ..body import json_object, require_model
 from ..errors import bad_request
 from ._upstream import openai_deployment, passthrough, upstream_failure
@@ -14,7 +13,7 @@ if t.TYPE_CHECKING:
     from . import Call
 
 
-def embeddings(call: Call) -> Response:
+def embeddings(call: Call) -> Answer:
     raw = call.body()
     body = json_object(raw)
     model = require_model(body)

@@ -14,13 +14,13 @@ import typing as t
 from werkzeug.wrappers import Response
 
 from ..aicore.transport import release
+from ..answers import Answer, json_answer, sse_answer
 from ..body import json_object, optional_bool, require_model
 from ..dialects import anthropic
 from ..dialects.bedrock import ACCEPT
 from ..errors import ApiError, bad_request
 from ..streaming import RelayedStream
 from ._upstream import pick_deployment, upstream_failure
-from .chat import sse_response
 
 if t.TYPE_CHECKING:
     from ..aicore.catalog import Deployment
@@ -35,7 +35,7 @@ def claude_deployment(call: Call, model: str) -> Deployment:
     return deployment
 
 
-def messages(call: Call) -> Response:
+def messages(call: Call) -> Answer:
     body = json_object(call.body())
     model = require_model(body)
     stream = optional_bool(body, "stream")
@@ -57,9 +57,9 @@ def messages(call: Call) -> Response:
         release(response)
         answer = anthropic.message_response(raw, model)
         call.record.tokens(*anthropic.usage_counts(answer.get("usage")))
-        return Response(anthropic.to_json(answer), content_type="application/json")
+        return json_answer(anthropic.to_json(answer))
     translator = anthropic.MessagesStream(model, response.headers.get("content-type"))
-    return sse_response(RelayedStream(response, translator, anthropic.error_event, call.record))
+    return sse_answer(RelayedStream(response, translator, anthropic.error_event, call.record))
 
 
 def count_tokens(call: Call) -> Response:

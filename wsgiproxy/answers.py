@@ -1,0 +1,46 @@
+"""Plain WSGI answers for the hot path: chat, messages and embeddings, streamed or not.
+
+werkzeug's ``Response`` builds a ``Headers`` object, checks and rewrites headers and wraps the body
+on every call; an answer the proxy relays needs none of that. Errors and the small endpoints keep
+using werkzeug, where its conveniences (HEAD handling, exceptions) are worth their cost.
+"""
+
+from __future__ import annotations
+
+import typing as t
+from http import HTTPStatus
+
+if t.TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+
+_STATUS_LINES = {status.value: f"{status.value} {status.phrase}" for status in HTTPStatus}
+SSE_HEADERS = (("Content-Type", "text/event-stream; charset=utf-8"), ("Cache-Control", "no-cache"),
+               ("X-Accel-Buffering", "no"))
+
+
+class Answer:
+    """A WSGI app answering one prepared response: a complete body or an iterable (a stream)."""
+
+    __slots__ = ("_status", "_headers", "_body")
+
+    def __init__(self, status: int, headers: t.Iterable[tuple[str, str]], body: bytes | t.Iterable[bytes]) -> None:
+        self._status = _STATUS_LINES.get(status) or f"{status} Unknown"
+        if isinstance(body, bytes):
+            self._headers = [*headers, ("Content-Length", str(len(body)))]
+            self._body: t.Iterable[bytes] = (body,)
+        else:
+            self._headers = list(headers)
+            self._body = body
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> t.Iterable[bytes]:
+        start_response(self._status, self._headers.copy())
+        return self._body
+
+
+def json_answer(body: bytes, status: int = 200, content_type: str = "application/json") -> Answer:
+    return Answer(status, (("Content-Type", content_type),), body)
+
+
+def sse_answer(events: t.Iterable[bytes]) -> Answer:
+    """A stream of server-sent events; ``events`` is closed by the server when the client goes away."""
+    return Answer(200, SSE_HEADERS, events)
