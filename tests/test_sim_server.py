@@ -157,13 +157,14 @@ def test_reset_fault_breaks_the_stream_on_the_threaded_server(sim: SimServer, po
 def test_reset_stall_and_delay_without_stream(sim: SimServer, pool: urllib3.PoolManager) -> None:
     token = fetch_token(pool, sim.url)
     control(pool, sim.url, "/_sim/faults", {"faults": [
-        {"kind": "reset"}, {"kind": "delay", "seconds": 1}, {"kind": "stall", "seconds": 1, "after_chunks": 2},
+        {"kind": "reset"}, {"kind": "delay", "seconds": 3}, {"kind": "stall", "seconds": 3, "after_chunks": 2},
     ]})
+    # Read timeouts well above a loaded machine's scheduling delays, well below the faults' 3 s.
     with pytest.raises(BROKEN):
         open_chat(pool, sim.url, token, stream=False)
     with pytest.raises(ReadTimeoutError):
-        open_chat(pool, sim.url, token, stream=False, read_timeout=0.3)
-    response = open_chat(pool, sim.url, token, read_timeout=0.3)
+        open_chat(pool, sim.url, token, stream=False, read_timeout=1.0)
+    response = open_chat(pool, sim.url, token, read_timeout=1.0)
     events, error = read_events(response)
     response.close()
     assert len(events) == 2 and isinstance(error, ReadTimeoutError)
