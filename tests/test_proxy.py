@@ -388,3 +388,29 @@ def test_no_key_or_token_reaches_the_log(caplog: pytest.LogCaptureFixture) -> No
     assert caplog.records, "the failures above were logged"
     for secret in (KEY, KEY[:8], "tok-1", "tok-2", "wrong-key", "secret"):
         assert secret not in caplog.text
+
+
+def test_exact_routes_agree_with_the_url_map() -> None:
+    from werkzeug.test import EnvironBuilder
+
+    from wsgiproxy.proxy import EXACT_ROUTES, URL_MAP
+
+    assert ("/v1/chat/completions", "POST") in EXACT_ROUTES and ("/health", "HEAD") in EXACT_ROUTES
+    for (path, method), (endpoint, _) in EXACT_ROUTES.items():
+        environ = EnvironBuilder(path=path, method=method).get_environ()
+        assert URL_MAP.bind_to_environ(environ).match() == (endpoint, {})
+    match = URL_MAP.bind_to_environ(EnvironBuilder(path="/v1/models/gpt-4o").get_environ()).match()
+    assert match == ("model", {"model": "gpt-4o"}) and ("/v1/models/gpt-4o", "GET") not in EXACT_ROUTES
+
+
+def test_routes_outside_the_exact_table_still_route() -> None:
+    c = client(FakeTransport([response(200, COMPLETION)]))
+    assert c.post("/v1/chat/completions/", json=CHAT, headers=AUTH).status_code == 200  # trailing slash
+    assert c.head("/health").status_code == 200 and c.head("/health").data == b""
+    resp = c.get("/v1/chat/completions", headers=AUTH)
+    assert resp.status_code == 405 and resp.headers["Allow"] == "POST"
+
+
+def test_made_up_request_ids_are_32_hex_digits() -> None:
+    ids = {client(FakeTransport()).get("/health").headers["X-Request-Id"] for _ in range(20)}
+    assert len(ids) == 20 and all(len(i) == 32 and int(i, 16) >= 0 for i in ids)

@@ -100,29 +100,42 @@ class UsageLog:
         self.enabled = False
 
 
-_encode = json.JSONEncoder(separators=(",", ":")).encode
+_string = json.encoder.encode_basestring_ascii  # the C escaper json.dumps uses for str
+_last_second = (-1, "")  # the last whole second formatted, and its text: lines of one second share it
+
+
+def _json(value: str | None) -> str:
+    return "null" if value is None else _string(value)
+
+
+def _number(value: float | None) -> str:
+    return "null" if value is None else repr(value)
 
 
 def usage_line(record: RequestRecord, now: float) -> str:
-    """The JSON usage line of a finished request; ``now`` is the wall-clock end time."""
+    """The JSON usage line of a finished request; ``now`` is the wall-clock end time.
+
+    Formatted directly rather than through ``json.dumps`` of a dict (a third of the cost); the
+    request id, key id and endpoint are from fixed alphabets, every other string is escaped.
+    """
     started = record.started
     ended = record.ended or started
     duration = ended - started
     begun = now - duration
+    global _last_second
+    cached = _last_second  # one read: another thread may replace it meanwhile
+    second = int(begun)
+    if cached[0] != second:
+        cached = _last_second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
     deployment = record.deployment
-    return _encode({
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(begun)) + f".{int(begun % 1 * 1000):03d}Z",
-        "request_id": record.request_id,
-        "key_id": record.key_id,
-        "endpoint": record.endpoint,
-        "model": record.model,
-        "subaccount": deployment.subaccount.name if deployment is not None else None,
-        "deployment": deployment.id if deployment is not None else None,
-        "status": record.status,
-        "streamed": record.streamed,
-        "prompt_tokens": record.prompt_tokens,
-        "completion_tokens": record.completion_tokens,
-        "duration_ms": round(duration * 1000, 1),
-        "ttfb_ms": None if record.first_byte is None else round((record.first_byte - started) * 1000, 1),
-        "disconnected": record.disconnected,
-    })
+    first_byte = record.first_byte
+    return (
+        f'{{"time":"{cached[1]}.{int(begun % 1 * 1000):03d}Z","request_id":{_string(record.request_id)},'
+        f'"key_id":"{record.key_id}","endpoint":"{record.endpoint}","model":{_json(record.model)},'
+        f'"subaccount":{_json(deployment.subaccount.name if deployment is not None else None)},'
+        f'"deployment":{_json(deployment.id if deployment is not None else None)},"status":{record.status},'
+        f'"streamed":{"true" if record.streamed else "false"},"prompt_tokens":{_number(record.prompt_tokens)},'
+        f'"completion_tokens":{_number(record.completion_tokens)},"duration_ms":{round(duration * 1000, 1)!r},'
+        f'"ttfb_ms":{"null" if first_byte is None else repr(round((first_byte - started) * 1000, 1))},'
+        f'"disconnected":{"true" if record.disconnected else "false"}}}'
+    )

@@ -7,6 +7,15 @@ them with a ``MultiProcessCollector`` on a fresh registry. Without the variable 
 values live in this process and a registry of the app's own exposes them.
 
 Metric objects are created on first use in each process (after the fork), never at import.
+Writes per request (each an mmap write under a lock in multiprocess mode; a histogram observation
+is two, its sum and one bucket, ``_count`` being summed from the buckets at scrape time): a
+non-streamed chat request makes 12: in-flight up and down, the request counter, the duration and
+time-to-first-byte histograms, two token counters, the upstream counter and latency histogram.
+Each of those series is read by ``conf/grafana`` or ``conf/prometheus``, with labels the others
+lack, so none is redundant. The probes ``/health`` and ``/metrics`` make three instead of seven:
+in flight up and down (a scrape sees itself) and the request counter; no latency histograms,
+which every dashboard panel excludes them from.
+
 Label values come only from bounded sets: endpoint names of the route table, configured model
 names (``other`` for anything else), a fixed table of status codes, configured subaccount names
 and deployment ids. Nothing a client sends becomes a label value as is.
@@ -175,6 +184,16 @@ class Metrics:
                 tokens[1].inc(completion)
         if record.disconnected and streamed:
             m.disconnects.labels(endpoint, self.model_label(model)).inc()
+
+    def probe_done(self, record: RequestRecord) -> None:
+        """Counts a finished ``/health`` or ``/metrics`` request: no latency histograms (see the module doc)."""
+        self._m.in_flight.dec()
+        endpoint, status = record.endpoint, record.status
+        child = self._requests.get((endpoint, None, status))
+        if child is None:
+            child = self._requests[(endpoint, None, status)] = self._m.requests.labels(
+                endpoint, "-", status_label(status))
+        child.inc()
 
     def upstream_done(self, subaccount: str, deployment: str, status: int | None, seconds: float) -> None:
         """One request to SAP AI Core answered with ``status`` (None: it failed without an answer)."""

@@ -12,7 +12,6 @@ import os
 import re
 import time
 import typing as t
-import uuid
 
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import Map, Rule
@@ -78,6 +77,21 @@ URL_MAP = Map(
     merge_slashes=False,
 )
 
+#: The rules without variables, by (path, method), HEAD included wherever GET is: most requests
+#: are routed by this one lookup. Anything else (a trailing slash, ``/v1/models/<model>``, an
+#: unknown path or method) goes through ``URL_MAP``, which also words the 404 and 405 answers.
+EXACT_ROUTES: dict[tuple[str, str], tuple[str, Route]] = {
+    (rule.rule, method): (t.cast(str, rule.endpoint), ROUTES[t.cast(str, rule.endpoint)])
+    for rule in URL_MAP.iter_rules()
+    if not rule.arguments
+    for method in rule.methods or ()
+}
+#: Load-balancer and scraper probes: in flight while answered and counted in
+#: ``wsgiproxy_requests_total``, but no latency histograms (every dashboard panel excludes them),
+#: no usage line and no body wrapper: their answer is complete when the endpoint returns.
+PROBES = frozenset({"health", "metrics"})
+_NO_ARGS: t.Mapping[str, str] = {}
+
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
@@ -115,8 +129,28 @@ class WsgiProxy:
         request_id = _request_id(environ)
         record = RequestRecord(request_id)
         REQUEST_ID.set(request_id)
-        metrics = self.state.metrics
+        state = self.state
+        metrics = state.metrics
+        exact = EXACT_ROUTES.get((environ.get("PATH_INFO", ""), environ.get("REQUEST_METHOD", "")))
+        if exact is not None and exact[0] in PROBES:
+            return self._probe(environ, start_response, record, exact, state)
         metrics.request_started()
+        observed = _ObservedBody(record, metrics, self.usage, start_response)
+        try:
+            response = self._respond(environ, record, exact, state)
+            observed.body = response(environ, observed.start_response)
+        except BaseException:
+            record.status = record.status or 500
+            _finish(record, metrics, self.usage)
+            raise
+        return observed
+
+    def _probe(self, environ: WSGIEnvironment, start_response: StartResponse, record: RequestRecord,
+               exact: tuple[str, Route], state: _ProcessState) -> t.Iterable[bytes]:
+        """``/health`` and ``/metrics``: answered whole; in flight while answered, then counted once."""
+        metrics = state.metrics
+        metrics.request_started()
+        request_id = record.request_id
 
         def start_with_id(status: str, headers: list[tuple[str, str]], exc_info: t.Any = None) -> t.Any:
             record.status = int(status[:3])
@@ -124,24 +158,31 @@ class WsgiProxy:
             return start_response(status, headers, exc_info)
 
         try:
-            response = self._respond(environ, record)
+            response = self._respond(environ, record, exact, state)
             body: t.Iterable[bytes] = response(environ, start_with_id)
         except BaseException:
             record.status = record.status or 500
-            _finish(record, metrics, self.usage)
             raise
-        return _ObservedBody(body, record, metrics, self.usage)
+        finally:
+            try:
+                metrics.probe_done(record)
+            except Exception:
+                log.exception("recording request %s failed", request_id)
+            REQUEST_ID.set(None)
+        return body
 
-    def _respond(self, environ: WSGIEnvironment, record: RequestRecord) -> t.Any:
+    def _respond(self, environ: WSGIEnvironment, record: RequestRecord, exact: tuple[str, Route] | None,
+                 state: _ProcessState) -> t.Any:
         request_id = record.request_id
         try:
-            adapter = URL_MAP.bind_to_environ(environ)
-            endpoint, args = adapter.match()
-            route = ROUTES[endpoint]
+            if exact is not None:
+                (endpoint, route), args = exact, _NO_ARGS
+            else:
+                endpoint, args = URL_MAP.bind_to_environ(environ).match()
+                route = ROUTES[endpoint]
             environ[FACE_KEY] = route.face
             record.endpoint = endpoint
             record.key_id = self.keys.check(environ) if route.authenticated else "-"
-            state = self.state
             call = Call(environ, self.settings, state.catalog, state.client, record, args)
             return route.handler(call)
         except ApiError as exc:
@@ -173,22 +214,32 @@ class WsgiProxy:
 
 
 class _ObservedBody:
-    """The response body as the server sees it: notes the first byte; ``close()`` reports the request.
+    """The response as the server sees it: adds the request id header, notes the status and the
+    first byte; ``close()`` reports the request. One object per request, no closures.
 
     A ``close()`` while the body was still being sent means the client went away.
     """
 
-    __slots__ = ("_body", "_record", "_metrics", "_usage", "_chunks", "_complete", "_failed", "_closed")
+    __slots__ = ("body", "_record", "_metrics", "_usage", "_start_response", "_chunks", "_complete", "_failed",
+                 "_closed")
 
-    def __init__(self, body: t.Iterable[bytes], record: RequestRecord, metrics: Metrics, usage: UsageLog) -> None:
-        self._body = body
+    def __init__(self, record: RequestRecord, metrics: Metrics, usage: UsageLog, start_response: StartResponse) -> None:
+        self.body: t.Iterable[bytes] = ()
         self._record = record
         self._metrics = metrics
         self._usage = usage
+        self._start_response = start_response
         self._chunks: t.Generator[bytes, None, None] | None = None
         self._complete = False
         self._failed = False
         self._closed = False
+
+    def start_response(self, status: str, headers: list[tuple[str, str]], exc_info: t.Any = None) -> t.Any:
+        """What the endpoint's response calls: the server's ``start_response`` plus ``X-Request-Id``."""
+        record = self._record
+        record.status = int(status[:3])
+        headers.append(("X-Request-Id", record.request_id))
+        return self._start_response(status, headers, exc_info)
 
     def __iter__(self) -> t.Iterator[bytes]:
         if self._chunks is None:
@@ -196,7 +247,7 @@ class _ObservedBody:
         return self._chunks
 
     def _relay(self) -> t.Generator[bytes, None, None]:
-        chunks = iter(self._body)
+        chunks = iter(self.body)
         try:
             for chunk in chunks:
                 if chunk:
@@ -220,7 +271,7 @@ class _ObservedBody:
             if self._chunks is not None:
                 self._chunks.close()
                 record.disconnected = not (self._complete or self._failed)
-            close = getattr(self._body, "close", None)
+            close = getattr(self.body, "close", None)
             if close is not None:
                 close()
         finally:
@@ -240,8 +291,10 @@ def _finish(record: RequestRecord, metrics: Metrics, usage: UsageLog) -> None:
 
 
 def _request_id(environ: WSGIEnvironment) -> str:
-    given = environ.get("HTTP_X_REQUEST_ID", "")
-    return given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+    given: str | None = environ.get("HTTP_X_REQUEST_ID")
+    if given and _REQUEST_ID.fullmatch(given):
+        return given
+    return os.urandom(16).hex()  # 32 hex digits, the form uuid4().hex had
 
 
 def create_app(settings: Settings | None = None, *, transport: Transport | None = None) -> WsgiProxy:
