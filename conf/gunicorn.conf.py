@@ -135,6 +135,9 @@ errorlog = _env("WSGIPROXY_ERRORLOG", "-")
 loglevel = _env("WSGIPROXY_LOG_LEVEL", "info").lower()
 # remote, time, request line, status, bytes, duration in microseconds, user agent, request id
 access_log_format = '%(h)s %(t)s "%(r)s" %(s)s %(b)s %(D)sus "%(a)s" rid=%({x-request-id}o)s'
+# gunicorn's Logger with a cheaper access(): the same lines (any access_log_format), without
+# building a dict of every header and environ variable and a LogRecord per request (issue #5).
+logger_class = "servers.access_log.FastAccessLogger"
 
 # --- process -----------------------------------------------------------------------------
 proc_name = "wsgiproxy"

@@ -112,6 +112,7 @@ def test_gunicorn_check_config_and_resolved_settings(stack: Stack) -> None:
     cores = len(os.sched_getaffinity(0))
     assert settings["workers"] == str(2 * cores + 1)
     assert "%(D)s" in settings["access_log_format"] and "%({x-request-id}o)s" in settings["access_log_format"]
+    assert "servers.access_log.FastAccessLogger" in settings["logger_class"]
     if os.path.isdir("/dev/shm"):
         assert settings["worker_tmp_dir"] == "/dev/shm"
 
@@ -154,13 +155,29 @@ def test_gunicorn_preload_with_https_upstream(stack: Stack) -> None:
     assert proxy.stop() == 0
 
 
-def test_gunicorn_rejects_untrusted_upstream_certificate(stack: Stack) -> None:
+def test_gunicorn_rejects_untrusted_upstream_certificate(stack: Stack, tmp_path: Path) -> None:
     tls = stack.tls()
     sim = stack.sim(proxy_keys=[KEY], tls=tls)
-    proxy = stack.gunicorn(sim.config_path, workers=1)  # the throwaway CA is not trusted
-    r = http_request(proxy.url, "POST", "/v1/chat/completions", CHAT, key=KEY)
+    access = tmp_path / "access.log"  # also: the access log (servers.access_log) and its USR1 reopen
+    proxy = stack.gunicorn(sim.config_path, workers=1, extra_env={"WSGIPROXY_ACCESSLOG": str(access)})
+    r = http_request(proxy.url, "POST", "/v1/chat/completions", CHAT, key=KEY, headers={"X-Request-Id": "acc-1"})
     assert r.status == 502, r.body[:500]
     assert r.json()["error"]["message"]
+
+    line_format = (r'^127\.0\.0\.1 \[\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d [+-]\d{4}\] '
+                   r'"POST /v1/chat/completions HTTP/1\.1" 502 \d+ \d+us "[^"]*" rid=%s$')
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and "rid=acc-1" not in access.read_text():
+        time.sleep(0.05)
+    assert re.match(line_format % "acc-1", access.read_text().splitlines()[-1]), access.read_text()
+
+    access.rename(tmp_path / "access.log.1")
+    os.kill(proxy.pid, 10)  # SIGUSR1: master and workers reopen their log files
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and "rid=acc-2" not in (access.read_text() if access.exists() else ""):
+        http_request(proxy.url, "POST", "/v1/chat/completions", CHAT, key=KEY, headers={"X-Request-Id": "acc-2"})
+        time.sleep(0.2)
+    assert access.exists() and re.match(line_format % "acc-2", access.read_text().splitlines()[-1])
 
 
 def test_gunicorn_hooks_log_stacks_on_worker_int(stack: Stack) -> None:
