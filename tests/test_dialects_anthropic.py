@@ -760,3 +760,15 @@ def test_adaptive_thinking_becomes_a_budget_for_older_models(max_tokens: int, ex
     sent = json.loads(dialect.invoke_body(body, None, adaptive_thinking=False))
     assert sent.get("thinking") == expected
     assert json.loads(dialect.invoke_body(body, None))["thinking"] == {"type": "adaptive"}
+
+
+def test_unchanged_events_go_out_in_upstream_bytes() -> None:
+    spaced = b'{"type": "ping"}'
+    escaped = b'{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"\\u00fc"}}'
+    multiline = b'{"type":\n"ping"}'
+    out, _ = translate(binary_stream([spaced, escaped, multiline]), EVENTSTREAM)
+    assert out[0] == b"event: ping\ndata: " + spaced + b"\n\n"
+    assert out[1] == b"event: content_block_delta\ndata: " + escaped + b"\n\n"
+    assert out[2] == b'event: ping\ndata: {"type":"ping"}\n\n', "an SSE data line holds no newline"
+    text, _ = translate(b"data: " + spaced + b"\n", "application/json")
+    assert text[0] == b"event: ping\ndata: " + spaced + b"\n\n"

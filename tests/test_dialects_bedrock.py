@@ -275,3 +275,13 @@ def test_any_bytes_give_events_never_a_crash(data: bytes, content_type: str, ope
     events = read(content_type, operation, data, split)
     assert all(isinstance(e, BedrockEvent) and isinstance(e.body, dict) for e in events)
     assert all(isinstance(e.body["exceptionType"], str) for e in events if e.type == "exception")
+
+
+def test_invoke_events_keep_their_json_bytes_and_converse_events_do_not() -> None:
+    event = b'{"type": "ping"}'
+    (text,) = BedrockStreamReader("application/json", "invoke").feed(b"data: " + event + b"\n")
+    assert text == BedrockEvent("ping", {"type": "ping"}) and text.raw == event
+    kind, body = text
+    assert (kind, body) == ("ping", {"type": "ping"})
+    (converse,) = BedrockStreamReader("application/json", "converse").feed(b'data: {"messageStop": {}}\n')
+    assert converse.type == "messageStop" and converse.raw is None

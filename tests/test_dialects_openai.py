@@ -99,3 +99,13 @@ def test_error_event_is_what_the_openai_sdk_raises_on() -> None:
     event = error_event("boom")
     assert json.loads(event[6:-2]) == {"error": {"message": "boom", "type": "api_error", "param": None,
                                                  "code": "upstream_error"}}
+
+
+def test_plain_reads_pass_through_as_the_decoder_would_give_them() -> None:
+    events = [b'data: {"choices":[{"delta":{"content":"a"},"finish_reason":null,"index":0}]}\n\n',
+              b'data: {"choices":[{"delta":{},"finish_reason":"stop","index":0}]}\n\n']
+    stream = ChatStream(False)
+    assert stream.feed(events[0]) == [events[0]] and not stream.finished
+    assert stream.feed(b"".join(events)) == events and stream.finished
+    assert stream.feed(b"data: [DONE]\n\n") == [b"data: [DONE]\n\n"]
+    assert stream.feed(events[0]) == [], "nothing after [DONE]"

@@ -319,7 +319,8 @@ class MessagesStream:
     """Re-emits a Bedrock invoke stream as Anthropic SSE, one element per event.
 
     ``message_start`` carries the client's model name; ``message_stop`` loses Bedrock's
-    invocation metrics; other events are forwarded as they are. An upstream exception becomes
+    invocation metrics; other events are forwarded as they are, in upstream's own JSON bytes
+    when the reader kept them (:attr:`BedrockEvent.raw`): deltas are not serialized again. An upstream exception becomes
     one ``error`` event and ends the stream. At EOF, a stream whose ``message_delta`` arrived but
     not its ``message_stop`` is completed (the answer is whole); any other unfinished stream
     ends with an ``error`` event, upon which Anthropic clients retry.
@@ -351,24 +352,29 @@ class MessagesStream:
 
     def _translate(self, events: list[BedrockEvent]) -> list[bytes]:
         out = []
-        for kind, body in events:
+        for event in events:
             if self.done:
                 break
+            kind, body = event.type, event.body
             if kind == "exception":
                 out.append(self._exception(body))
             elif kind == "message_start":
                 out.append(self._message_start(body))
-            elif kind == "message_delta":
-                self._stopping = True
-                self._take_usage(body.get("usage"))
-                out.append(_event(b"message_delta", body))
             elif kind == "message_stop":
                 self.done = True
                 body = {key: value for key, value in body.items() if key != "amazon-bedrock-invocationMetrics"}
                 out.append(_MESSAGE_STOP if body == {"type": "message_stop"} else _event(b"message_stop", body))
-            elif kind.isidentifier():  # ping, content_block_*, and event types yet to come
-                self.done = kind == "error"  # an error ends the stream (the reader mostly makes it an exception)
-                out.append(_event(kind.encode(), body))
+            elif kind.isidentifier():  # ping, content_block_*, message_delta, and event types yet to come
+                if kind == "message_delta":
+                    self._stopping = True
+                    self._take_usage(body.get("usage"))
+                else:
+                    self.done = kind == "error"  # an error ends the stream (the reader mostly makes it an exception)
+                raw = event.raw
+                if raw is not None and b"\n" not in raw and b"\r" not in raw:
+                    out.append(b"event: " + kind.encode() + b"\ndata: " + raw + b"\n\n")  # as upstream sent it
+                else:
+                    out.append(_event(kind.encode(), body))
         return out
 
     def _message_start(self, body: dict[str, t.Any]) -> bytes:

@@ -40,8 +40,8 @@ CONVERSE_EVENTS = frozenset(
 Operation = t.Literal["converse", "invoke"]
 
 
-class BedrockEvent(t.NamedTuple):
-    """One stream event, whatever its framing.
+class BedrockEvent:
+    """One stream event, whatever its framing; unpacks as ``type, body`` and compares by those two.
 
     ``type``: converse: ``messageStart|contentBlockStart|contentBlockDelta|contentBlockStop|
     messageStop|metadata``; invoke: the Anthropic event type (``message_start``, ``ping``, ...);
@@ -50,10 +50,28 @@ class BedrockEvent(t.NamedTuple):
 
     ``body``: converse: the inner object; invoke: the whole Anthropic event (with ``"type"``);
     exception: ``{"exceptionType": str, "message": str}``.
+
+    ``raw``: invoke only: the event's JSON exactly as upstream sent it (``body`` parsed from it),
+    so a caller that forwards the event unchanged need not serialize ``body`` again; else None.
     """
 
-    type: str
-    body: dict[str, t.Any]
+    __slots__ = ("type", "body", "raw")
+
+    def __init__(self, type: str, body: dict[str, t.Any], raw: bytes | None = None) -> None:
+        self.type = type
+        self.body = body
+        self.raw = raw
+
+    def __iter__(self) -> t.Iterator[t.Any]:
+        return iter((self.type, self.body))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, BedrockEvent):
+            return NotImplemented
+        return self.type == other.type and self.body == other.body
+
+    def __repr__(self) -> str:
+        return f"BedrockEvent({self.type!r}, {self.body!r})"
 
 
 def exception(exception_type: str, message: str) -> BedrockEvent:
@@ -178,7 +196,7 @@ class BedrockStreamReader:
         if not isinstance(value, dict):
             return _invalid(f"a stream line is not an object: {line[:200]!r}")
         if self._operation == "invoke":
-            return _from_invoke_object(value)
+            return _from_invoke_object(value, line)
         return _from_converse_object(value)
 
 
@@ -194,7 +212,8 @@ def _from_converse_object(value: dict[str, t.Any]) -> BedrockEvent:
     return error if error is not None else _invalid(f"an unknown converse stream event: {str(value)[:200]}")
 
 
-def _from_invoke_object(value: dict[str, t.Any]) -> BedrockEvent:
+def _from_invoke_object(value: dict[str, t.Any], raw: bytes | None = None) -> BedrockEvent:
+    """``raw``: the JSON ``value`` was parsed from, kept on a plain event."""
     kind = value.get("type")
     if kind == "error":
         error = value.get("error")
@@ -202,7 +221,7 @@ def _from_invoke_object(value: dict[str, t.Any]) -> BedrockEvent:
             return exception(str(error.get("type", "error")), _message_of(error))
         return exception("error", _message_of(value))
     if isinstance(kind, str):
-        return BedrockEvent(kind, value)
+        return BedrockEvent(kind, value, raw)
     chunk = value.get("chunk")
     if isinstance(chunk, dict):
         return _from_chunk(chunk)
@@ -224,7 +243,7 @@ def _from_chunk(payload: dict[str, t.Any]) -> BedrockEvent:
     event = _json_object(raw)
     if event is None or not isinstance(event.get("type"), str):
         return _invalid("an invoke chunk that is not an Anthropic event")
-    return _from_invoke_object(event)
+    return _from_invoke_object(event, raw)
 
 
 def _error_object(value: dict[str, t.Any]) -> BedrockEvent | None:

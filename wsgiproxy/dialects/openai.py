@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import typing as t
 
-from .sse import DONE, SSEDecoder, encode
+from .sse import DONE, SSEDecoder, encode, plain_events
 
 _DONE_EVENT = encode(DONE)
 
@@ -39,7 +39,9 @@ def error_event(message: str, *, type: str = "api_error", code: str | None = "up
 class ChatStream:
     """Filters an upstream chat-completions SSE stream for an OpenAI client.
 
-    ``feed`` takes raw upstream bytes and returns the events to send, each one element;
+    ``feed`` takes raw upstream bytes and returns the events to send, each one element; a read
+    of plain events none of which is filtered (most reads: content deltas) is passed on as it
+    came, cut at event ends, without decoding and encoding each event again.
     ``finish`` is called at upstream EOF. ``usage`` holds the usage once seen.
     """
 
@@ -51,6 +53,17 @@ class ChatStream:
         self.finished = False  # a finish_reason was seen
 
     def feed(self, chunk: bytes) -> list[bytes]:
+        if (
+            not self.done
+            and self._decoder.idle
+            and (events := plain_events(chunk))
+            and b"[DONE]" not in chunk
+            and b'"choices":[]' not in chunk
+            and b'"choices": []' not in chunk
+        ):
+            if b'"finish_reason":"' in chunk or b'"finish_reason": "' in chunk:
+                self.finished = True
+            return [chunk] if events == 1 else [event + b"\n\n" for event in chunk[:-2].split(b"\n\n")]
         out = []
         for event in self._decoder.feed(chunk):
             data = event.data

@@ -6,11 +6,12 @@ one read may be the first half of a CRLF), and comment lines are dropped.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import typing as t
 
 
-@dataclass(frozen=True)
-class Event:
+class Event(t.NamedTuple):
+    """One event: its data lines joined by LF, and its ``event:`` name if it had one."""
+
     data: bytes
     name: bytes | None = None
 
@@ -21,6 +22,11 @@ class SSEDecoder:
     def __init__(self) -> None:
         self._buffer = b""
         self._pending_cr = False
+
+    @property
+    def idle(self) -> bool:
+        """Nothing is held back: the next read starts a new event."""
+        return not self._buffer and not self._pending_cr
 
     def feed(self, chunk: bytes) -> list[Event]:
         if self._pending_cr:
@@ -43,6 +49,19 @@ class SSEDecoder:
             self._pending_cr = False
         event = parse_block(block)
         return [event] if event is not None else []
+
+
+def plain_events(chunk: bytes) -> int:
+    """How many events ``chunk`` holds when it is nothing but whole ``data: <one line>`` events
+    (what OpenAI-style streams send), else 0.
+
+    Such a chunk is what decoding it and encoding every event again would give, byte for byte:
+    its newlines are exactly the two ending each event, each one followed by the next ``data: ``.
+    """
+    if not chunk.startswith(b"data: ") or not chunk.endswith(b"\n\n") or b"\r" in chunk:
+        return 0
+    events = chunk.count(b"\n\ndata: ") + 1
+    return events if chunk.count(b"\n") == 2 * events else 0
 
 
 def parse_block(block: bytes) -> Event | None:
