@@ -1,7 +1,7 @@
 """Calling a SAP AI Core deployment: token, headers, one retry after a 401.
 
 This module knows nothing about client formats: it sends bytes to ``{deployment URL}{suffix}``
-and hands back the urllib3 response, status and body untouched.
+and hands back the upstream response, status and body untouched.
 """
 
 from __future__ import annotations
@@ -41,6 +41,8 @@ class AICoreClient:
             )
             for sub in settings.subaccounts
         }
+        # Per subaccount, the headers that never change (Authorization and Accept are set per request).
+        self._base_headers: dict[str, dict[str, str]] = {}
 
     def _counted_fetch(self, subaccount: str, fetch: t.Callable[[], tuple[str, float]]) -> tuple[str, float]:
         try:
@@ -67,14 +69,20 @@ class AICoreClient:
             url += "?" + urlencode(query)
         sub = deployment.subaccount
         cache = self.tokens[sub.name]
+        base = self._base_headers.get(sub.name)
+        if base is None:
+            base = self._base_headers[sub.name] = self._headers(sub, "", "")
         for attempt in (1, 2):
             token = cache.get()
+            headers = base.copy()
+            headers["Authorization"] = f"Bearer {token}"
+            headers["Accept"] = accept
             started = time.perf_counter()
             try:
                 response = self.transport.request(
                     "POST",
                     url,
-                    headers=self._headers(sub, token, accept),
+                    headers=headers,
                     body=body,
                     connect_timeout=self.settings.connect_timeout,
                     read_timeout=self.settings.read_timeout,
@@ -85,7 +93,9 @@ class AICoreClient:
                 raise
             self.metrics.upstream_done(sub.name, deployment.id, response.status, time.perf_counter() - started)
             if response.status != 401 or attempt == 2:
-                return response
+                # The endpoints still annotate urllib3's type; ours offers the same members they use
+                # (transport.UpstreamResponse).
+                return t.cast("urllib3.BaseHTTPResponse", response)
             log.info("SAP AI Core answered 401 for subaccount %s; fetching a new token and retrying once", sub.name)
             discard(response)
             cache.invalidate(token)

@@ -1,0 +1,596 @@
+"""A minimal HTTP/1.1 client for the upstream hot path: keep-alive sockets per origin, nothing else.
+
+It does what the proxy needs and no more: one request per connection at a time, sent with one
+``sendall``; the response head parsed with ``bytes.find``/``split``; bodies framed by
+Content-Length, chunked encoding (decoded incrementally, as it arrives) or the connection's end.
+
+Connections live in a :class:`Pool`, created per process on first use (so a preloaded app forks
+safely): per origin a LIFO list of idle sockets, and a semaphore capping the connections in use.
+A reused socket is not polled before use. If the server closed it while it was idle (the send
+fails, or the socket ends before the first response byte) the request is sent once more on a new
+connection: the request never reached the application. Nothing is re-sent once a response byte
+arrived or on a timeout. A new connection that cannot be opened is tried once more.
+
+Errors are raised as :class:`~wsgiproxy.errors.UpstreamUnreachable` and
+:class:`~wsgiproxy.errors.UpstreamTimeout` while sending and waiting for the head (and reading a
+non-streamed body). A streamed body's :meth:`Response.read1` raises ``OSError``: ``TimeoutError``
+on a read timeout, :class:`ResponseBroken` when the framing is wrong or the body is cut short.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+import sys
+import threading
+import typing as t
+import zlib
+from urllib.parse import quote, urlsplit
+
+from ..errors import UpstreamTimeout, UpstreamUnreachable
+
+READ_SIZE = 65536
+_MAX_HEAD = 65536  # bytes of status line + headers
+_MAX_SIZE_LINE = 4096  # bytes of a chunk-size line (extensions included)
+_ONE_SEND = 65536  # bodies up to this size go out in the same send as the head
+_USER_AGENT = "wsgiproxy"
+
+# Body framing
+_LENGTH = 0
+_CHUNKED = 1
+_UNTIL_CLOSE = 2
+
+# Chunked decoder states, kept in Response._left: >0 is the rest of the current chunk's data
+_SIZE_LINE = 0
+_DATA_END = -1  # the CRLF after a chunk's data
+_TRAILER = -2  # after the last chunk: optional trailer lines, then an empty line
+
+
+class ResponseBroken(ConnectionError):
+    """The response is malformed or ended early (a protocol error; the connection is not reused)."""
+
+
+class _Stale(Exception):
+    """A reused idle connection turned out to be closed before the request reached the server."""
+
+
+class _Semaphore(t.Protocol):
+    def acquire(self, blocking: bool = ..., timeout: float | None = ...) -> bool: ...
+
+    def release(self) -> None: ...
+
+
+def _semaphore(value: int) -> _Semaphore:
+    """gevent's (C) semaphore when threading is patched, else the (pure Python) threading one."""
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is not None and monkey.is_module_patched("threading"):
+        from gevent.lock import Semaphore
+
+        return t.cast(_Semaphore, Semaphore(value))
+    return threading.Semaphore(value)
+
+
+class Headers(dict[str, str]):
+    """Response headers, names lowercased; repeated headers are joined with ``", "``."""
+
+    def get(self, name: str, default: t.Any = None) -> t.Any:
+        value = dict.get(self, name)
+        if value is None:
+            return dict.get(self, name.lower(), default)
+        return value
+
+
+class Origin:
+    """One scheme + host + port: its idle connections and the semaphore over connections in use."""
+
+    __slots__ = ("host", "port", "tls", "label", "host_header", "idle", "slots", "closed")
+
+    def __init__(self, host: str, port: int, tls: bool, host_header: str, maxsize: int) -> None:
+        self.host = host
+        self.port = port
+        self.tls = tls
+        self.label = host
+        self.host_header = host_header
+        self.idle: list[socket.socket] = []
+        self.slots = _semaphore(maxsize)
+        self.closed = False
+
+    def give_back(self, sock: socket.socket) -> None:
+        if self.closed:
+            sock.close()
+        else:
+            self.idle.append(sock)
+        self.slots.release()
+
+    def close_idle(self) -> None:
+        self.closed = True
+        while self.idle:
+            self.idle.pop().close()
+
+
+class Response:
+    """One upstream response: ``status``, ``headers`` (lowercase names), ``data``, ``read1``.
+
+    A body read to its end hands the connection back to the pool at once; :meth:`close` (or
+    :meth:`release_conn` before the end) closes a partly read one, which is never reused.
+    """
+
+    __slots__ = ("status", "reason", "version", "headers", "_sock", "_origin", "_buf", "_mode", "_left",
+                 "_keep", "_done", "_data", "_decoder")
+
+    def __init__(self, status: int, reason: str, version: int, headers: Headers) -> None:
+        self.status = status
+        self.reason = reason
+        self.version = version
+        self.headers = headers
+        self._sock: socket.socket | None = None
+        self._origin: Origin | None = None
+        self._buf = b""  # received, not yet decoded
+        self._mode = _LENGTH
+        self._left = 0  # _LENGTH: bytes still to come; _CHUNKED: the decoder state
+        self._keep = False
+        self._done = True
+        self._data: bytes | None = None
+        self._decoder: t.Any = None
+
+    def _attach(self, sock: socket.socket, origin: Origin, rest: bytes, method: str) -> None:
+        """Own ``sock`` (and the origin's slot) and work out how the body is framed."""
+        self._sock = sock
+        self._origin = origin
+        self._buf = rest
+        headers = self.headers
+        connection = headers.get("connection", "").lower()
+        self._keep = self.version == 11 and "close" not in connection
+        status = self.status
+        if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
+            self._left = 0
+        elif "chunked" in headers.get("transfer-encoding", "").lower():
+            self._mode = _CHUNKED
+        elif (length := headers.get("content-length")) is not None:
+            self._left = _content_length(length)
+        else:
+            self._mode = _UNTIL_CLOSE
+            self._keep = False
+        encoding = headers.get("content-encoding", "").lower()
+        if encoding in ("gzip", "x-gzip", "deflate"):
+            self._decoder = _Decoder(encoding)
+        self._done = False
+        if self._mode == _LENGTH and self._left == 0:
+            self._finish()
+
+    @property
+    def data(self) -> bytes:
+        """The whole body (read on first use, then kept)."""
+        if self._data is None:
+            parts = []
+            while chunk := self.read1(READ_SIZE):  # ends at the body's end; each read waits at most read_timeout
+                parts.append(chunk)
+            self._data = parts[0] if len(parts) == 1 else b"".join(parts)  # b"" for an empty body
+        return self._data
+
+    def read1(self, amt: int = READ_SIZE) -> bytes:
+        """Body bytes as they arrive: what one socket read completes (more reads only while that is
+        nothing, e.g. a chunk-size line split across packets); ``b""`` at the end of the body."""
+        if self._done:
+            return b""
+        sock = self._sock
+        assert sock is not None
+        receive = not self._buf
+        while True:  # every pass reads at least one byte from the socket, or ends the body
+            if receive:
+                data = sock.recv(amt)
+                if not data:
+                    return self._eof()
+                raw = self._buf + data if self._buf else data
+            else:
+                raw = self._buf
+                receive = True
+            self._buf = b""
+            mode = self._mode
+            if mode == _CHUNKED:
+                out = self._dechunk(raw)
+            elif mode == _LENGTH:
+                left = self._left
+                if len(raw) >= left:
+                    out = raw if len(raw) == left else raw[:left]
+                    if len(raw) > left:
+                        self._keep = False  # more than the body: do not trust this connection
+                    self._left = 0
+                    self._done = True
+                else:
+                    out = raw
+                    self._left = left - len(raw)
+            else:
+                out = raw
+            if self._decoder is not None:
+                out = self._decoder.feed(out, self._done)
+            if self._done:
+                self._finish()
+                return out
+            if out:
+                return out
+
+    def _eof(self) -> bytes:
+        if self._mode == _UNTIL_CLOSE:
+            self._done = True
+            out = self._decoder.feed(b"", True) if self._decoder is not None else b""
+            self._finish()
+            return out
+        missing = f"{self._left} more bytes" if self._mode == _LENGTH else "the rest of the chunked body"
+        raise ResponseBroken(f"connection closed before the end of the response body ({missing} expected)")
+
+    def _dechunk(self, raw: bytes) -> bytes:
+        """Decode what ``raw`` completes of a chunked body; keeps an unfinished tail in ``_buf``."""
+        out: list[bytes] = []
+        pos = 0
+        end = len(raw)
+        state = self._left
+        while pos < end:
+            if state > 0:  # inside a chunk's data
+                take = min(state, end - pos)
+                out.append(raw[pos:pos + take])
+                pos += take
+                state -= take
+                if state == 0:
+                    state = _DATA_END
+            elif state == _SIZE_LINE:
+                eol = raw.find(b"\r\n", pos)
+                if eol < 0:
+                    if end - pos > _MAX_SIZE_LINE:
+                        raise ResponseBroken("chunk size line too long")
+                    break
+                line = raw[pos:eol]
+                semicolon = line.find(b";")
+                try:
+                    size = int(line if semicolon < 0 else line[:semicolon], 16)
+                except ValueError:
+                    raise ResponseBroken(f"bad chunk size line {line[:40]!r}") from None
+                if size < 0:
+                    raise ResponseBroken(f"bad chunk size line {line[:40]!r}")
+                pos = eol + 2
+                state = size if size else _TRAILER
+            elif state == _DATA_END:
+                if end - pos < 2:
+                    break
+                if raw[pos:pos + 2] != b"\r\n":
+                    raise ResponseBroken("chunk data not followed by CRLF")
+                pos += 2
+                state = _SIZE_LINE
+            else:  # _TRAILER
+                if raw.startswith(b"\r\n", pos):
+                    pos += 2
+                else:
+                    blank = raw.find(b"\r\n\r\n", pos)
+                    if blank < 0:
+                        if end - pos > _MAX_HEAD:
+                            raise ResponseBroken("chunked trailer too long")
+                        break
+                    pos = blank + 4
+                self._done = True
+                if pos < end:
+                    self._keep = False  # bytes after the body: do not trust this connection
+                pos = end
+        self._left = state
+        if pos < end:
+            self._buf = raw[pos:]
+        if len(out) == 1:
+            return out[0]
+        return b"".join(out)
+
+    def _finish(self) -> None:
+        """The body is complete: the connection goes back to the pool (or is closed)."""
+        self._done = True
+        sock, origin = self._sock, self._origin
+        self._sock = self._origin = None
+        if sock is None or origin is None:
+            return
+        if self._keep and not self._buf:
+            origin.give_back(sock)
+        else:
+            sock.close()
+            origin.slots.release()
+
+    def release_conn(self) -> None:
+        """Nothing to do once the body was read to its end; a partly read response is closed."""
+        if self._sock is not None:
+            self.close()
+
+    def close(self) -> None:
+        """Close the connection unless it already went back to the pool (idempotent)."""
+        self._done = True
+        sock, origin = self._sock, self._origin
+        self._sock = self._origin = None
+        if sock is not None:
+            try:
+                sock.close()
+            finally:
+                if origin is not None:
+                    origin.slots.release()
+
+
+class _Decoder:
+    """gzip/deflate content decoding (asked for only by ``Accept-Encoding``; SAP AI Core sends identity)."""
+
+    def __init__(self, encoding: str) -> None:
+        self._zlib = zlib.decompressobj(16 + zlib.MAX_WBITS if "gzip" in encoding else zlib.MAX_WBITS)
+        self._first = encoding == "deflate"
+
+    def feed(self, data: bytes, last: bool) -> bytes:
+        if self._first and data:
+            self._first = False
+            try:
+                out = self._zlib.decompress(data)
+            except zlib.error:  # "deflate" sent as a raw stream without the zlib header
+                self._zlib = zlib.decompressobj(-zlib.MAX_WBITS)
+                out = self._zlib.decompress(data)
+        else:
+            try:
+                out = self._zlib.decompress(data) if data else b""
+            except zlib.error as exc:
+                raise ResponseBroken(f"cannot decode the response body: {exc}") from None
+        return out + self._zlib.flush() if last else out
+
+
+def _content_length(value: str) -> int:
+    values = {v.strip() for v in value.split(",")}
+    if len(values) != 1:
+        raise ResponseBroken(f"conflicting Content-Length {value[:40]!r}")
+    text = values.pop()
+    if not text.isdigit():
+        raise ResponseBroken(f"bad Content-Length {text[:40]!r}")
+    return int(text)
+
+
+def parse_head(head: bytes) -> Response:
+    """The status line and headers (``head`` without the blank line that ends it)."""
+    lines = head.decode("latin-1").split("\r\n")
+    if len(lines) == 1 and "\n" in lines[0]:
+        lines = [line.rstrip("\r") for line in lines[0].split("\n")]
+    status_line = lines[0]
+    protocol, _, rest = status_line.partition(" ")
+    code = rest[:3]
+    if not protocol.startswith("HTTP/") or len(code) != 3 or not code.isdigit() or rest[3:4] not in ("", " "):
+        raise ResponseBroken(f"bad status line {status_line[:80]!r}")
+    headers = Headers()
+    name = ""
+    for line in lines[1:]:
+        if line[:1] in (" ", "\t"):  # obsolete line folding: continues the previous header
+            if name:
+                headers[name] = f"{headers[name]} {line.strip()}"
+            continue
+        name, colon, value = line.partition(":")
+        if not colon:
+            name = ""
+            continue  # not a header line; ignored like http.client does
+        name = name.strip().lower()
+        value = value.strip()
+        previous = dict.get(headers, name)
+        headers[name] = value if previous is None else f"{previous}, {value}"
+    version = 11 if protocol == "HTTP/1.1" else 10
+    return Response(int(code), rest[4:], version, headers)
+
+
+def _find_head_end(buf: bytes) -> tuple[int, int]:
+    """``(end of the head, start of the body)``, or ``(-1, -1)`` while the head is incomplete."""
+    end = buf.find(b"\r\n\r\n")
+    if end >= 0:
+        return end, end + 4
+    end = buf.find(b"\n\n")  # bare-LF heads, tolerated like http.client does
+    if end >= 0:
+        return end, end + 2
+    return -1, -1
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc.args[0] if exc.args else exc) or type(exc).__name__
+    return text[:160]
+
+
+_SAFE_PATH = "/?&=%:@!$'()*+,;~-._[]#"
+
+
+class Pool:
+    """Keep-alive connections per origin, for the process that created it.
+
+    :param maxsize: connections in use at once per origin; more requests wait for one.
+    :param pool_timeout: seconds to wait for a free connection before giving up.
+    :param ca_certs: CA bundle for HTTPS (else the system's).
+    """
+
+    def __init__(self, maxsize: int, pool_timeout: float, ca_certs: str | None) -> None:
+        self.maxsize = maxsize
+        self.pool_timeout = pool_timeout
+        self.ca_certs = ca_certs
+        self.pid = os.getpid()
+        self.origins: dict[str, Origin] = {}
+        self._tls: ssl.SSLContext | None = None
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        headers: t.Mapping[str, str],
+        body: bytes | None,
+        connect_timeout: float,
+        read_timeout: float,
+        stream: bool,
+    ) -> Response:
+        sep = url.find("://")
+        slash = url.find("/", sep + 3)
+        key, path = (url, "/") if slash < 0 else (url[:slash], url[slash:])
+        origin = self.origins.get(key)
+        if origin is None:
+            origin, path = self._origin(url, key, path)
+        if not (path.isascii() and path.isprintable()) or " " in path:
+            path = quote(path, safe=_SAFE_PATH)
+        lines = [f"{name}: {value}\r\n" for name, value in headers.items()]
+        block = "".join(lines)
+        if block.count("\n") != len(lines) or block.count("\r") != len(lines):
+            raise ValueError("a header name or value contains a line break")
+        extra = ""
+        if "User-Agent" not in headers:
+            extra = f"User-Agent: {_USER_AGENT}\r\n"
+        if "Accept-Encoding" not in headers:
+            extra += "Accept-Encoding: identity\r\n"
+        if body is not None or method in ("POST", "PUT", "PATCH"):
+            extra += f"Content-Length: {len(body) if body else 0}\r\n"
+        head = f"{method} {path} HTTP/1.1\r\nHost: {origin.host_header}\r\n{block}{extra}\r\n".encode("latin-1")
+        tail = b""
+        if body:
+            if len(body) <= _ONE_SEND:
+                head += body
+            else:
+                tail = body
+
+        if not origin.slots.acquire(True, self.pool_timeout):
+            raise UpstreamUnreachable(f"no free connection to {origin.label} (pool exhausted)")
+        try:
+            response = self._exchange(origin, method, head, tail, connect_timeout, read_timeout)
+        except BaseException:
+            origin.slots.release()
+            raise
+        if not stream:
+            try:
+                response.data  # noqa: B018 - read the body now; the connection goes back to the pool
+            except TimeoutError:
+                response.close()
+                raise UpstreamTimeout(f"{origin.label} did not answer in time") from None
+            except ssl.SSLError as exc:
+                response.close()
+                raise UpstreamUnreachable(f"TLS error talking to {origin.label}: {exc}") from exc
+            except OSError as exc:
+                response.close()
+                raise UpstreamUnreachable(f"connection to {origin.label} broke: {_short(exc)}") from exc
+            except BaseException:
+                response.close()
+                raise
+        return response
+
+    def _exchange(self, origin: Origin, method: str, head: bytes, tail: bytes,
+                  connect_timeout: float, read_timeout: float) -> Response:
+        idle = origin.idle
+        if idle:
+            try:
+                return self._send(origin, idle.pop(), False, method, head, tail, read_timeout)
+            except _Stale:
+                pass  # closed by the server while idle: the request never reached it
+        sock = self._connect(origin, connect_timeout)
+        return self._send(origin, sock, True, method, head, tail, read_timeout)
+
+    def _send(self, origin: Origin, sock: socket.socket, fresh: bool, method: str, head: bytes, tail: bytes,
+              read_timeout: float) -> Response:
+        """Send the request on ``sock`` and read the response head; ``sock`` is closed on failure."""
+        buf = b""
+        received = False
+        try:
+            sock.settimeout(read_timeout)
+            sock.sendall(head)
+            if tail:
+                sock.sendall(tail)
+            while True:  # bounded: a pass receives bytes (at most _MAX_HEAD of them) or consumes a head
+                end, start = _find_head_end(buf) if buf else (-1, -1)
+                if end < 0:
+                    if len(buf) > _MAX_HEAD:
+                        raise ResponseBroken("response head too long")
+                    data = sock.recv(READ_SIZE)
+                    if not data:
+                        if not received and not fresh:
+                            raise _Stale
+                        raise ResponseBroken("the server closed the connection inside the response head"
+                                             if received else "the server closed the connection without a response")
+                    received = True
+                    buf = buf + data if buf else data
+                    continue
+                response = parse_head(buf[:end])
+                if 100 <= response.status < 200 and response.status != 101:
+                    buf = buf[start:]  # an interim answer (100 Continue, 103 Early Hints): the real one follows
+                    continue
+                response._attach(sock, origin, buf[start:], method)
+                return response
+        except _Stale:
+            sock.close()
+            raise
+        except TimeoutError:
+            sock.close()
+            raise UpstreamTimeout(f"{origin.label} did not answer in time") from None
+        except ssl.SSLError as exc:
+            sock.close()
+            if not received and not fresh and isinstance(exc, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
+                raise _Stale from None
+            raise UpstreamUnreachable(f"TLS error talking to {origin.label}: {exc}") from exc
+        except OSError as exc:
+            sock.close()
+            if not received and not fresh and not isinstance(exc, ResponseBroken):
+                raise _Stale from None  # reset or broken pipe on a reused connection
+            raise UpstreamUnreachable(f"connection to {origin.label} broke: {_short(exc)}") from exc
+        except BaseException:
+            sock.close()
+            raise
+
+    def _connect(self, origin: Origin, connect_timeout: float) -> socket.socket:
+        """A new connection (TLS handshake included); a failure to connect is retried once."""
+        error: Exception | None = None
+        for _attempt in (1, 2):
+            try:
+                sock = socket.create_connection((origin.host, origin.port), connect_timeout)
+            except TimeoutError:
+                error = UpstreamTimeout(f"connecting to {origin.label} timed out")
+            except OSError:
+                error = UpstreamUnreachable(f"cannot connect to {origin.label}")
+            else:
+                break
+        else:
+            assert error is not None
+            raise error
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if origin.tls:
+                sock = self._tls_context().wrap_socket(sock, server_hostname=origin.host)
+        except TimeoutError:
+            sock.close()
+            raise UpstreamTimeout(f"connecting to {origin.label} timed out") from None
+        except ssl.SSLError as exc:
+            sock.close()
+            raise UpstreamUnreachable(f"TLS error talking to {origin.label}: {exc}") from exc
+        except OSError as exc:
+            sock.close()
+            raise UpstreamUnreachable(f"connection to {origin.label} broke: {_short(exc)}") from exc
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def _tls_context(self) -> ssl.SSLContext:
+        if self._tls is None:
+            # Looked up at call time, so under gevent this is the patched (cooperative) SSLContext.
+            context = ssl.create_default_context(cafile=self.ca_certs or None)
+            context.set_alpn_protocols(["http/1.1"])
+            self._tls = context
+        return self._tls
+
+    def _origin(self, url: str, key: str, path: str) -> tuple[Origin, str]:
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        host = parts.hostname or ""
+        if scheme not in ("http", "https") or not host:
+            raise UpstreamUnreachable(f"request to {host or url[:80]} failed: not an http(s) URL")
+        try:
+            port = parts.port or (443 if scheme == "https" else 80)
+        except ValueError:
+            raise UpstreamUnreachable(f"request to {host} failed: bad port in URL") from None
+        netloc = parts.netloc.rpartition("@")[2]
+        clean = f"{parts.scheme}://{parts.netloc}"
+        if clean != key:  # a query right after the host ("https://h?x"): not cached under the raw key
+            path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+            key = clean
+        origin = self.origins.get(key)
+        if origin is None:
+            origin = self.origins[key] = Origin(host, port, scheme == "https", netloc, self.maxsize)
+        return origin, path
+
+    def clear(self) -> None:
+        """Close every idle connection; those in use are closed when their response ends."""
+        origins, self.origins = self.origins, {}
+        for origin in origins.values():
+            origin.close_idle()
