@@ -192,13 +192,13 @@ def test_parse_head() -> None:
 
 
 @pytest.mark.parametrize("line", [b"", b"HTTP/1.1", b"HTTP/1.1 2000 OK", b"HTTP/1.1 abc", b"ICY 200 OK",
-                                  b"HTTP/1.1 200OK"])
+                                  b"HTTP/1.1 200OK", "HTTP/1.1 \u00b2\u00b2\u00b2 OK".encode("latin-1")])
 def test_bad_status_lines(line: bytes) -> None:
     with pytest.raises(ResponseBroken, match="bad status line"):
         parse_head(line)
 
 
-@pytest.mark.parametrize("value", ["abc", "-1", "1, 2"])
+@pytest.mark.parametrize("value", ["abc", "-1", "1, 2", "\u00b2"])
 def test_bad_content_length(value: str) -> None:
     with pytest.raises(ResponseBroken, match="Content-Length"):
         open_response(f"HTTP/1.1 200 OK\r\nContent-Length: {value}\r\n\r\n".encode())

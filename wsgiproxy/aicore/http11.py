@@ -139,22 +139,22 @@ class Response:
         self._sock = sock
         self._origin = origin
         self._buf = rest
+        get = dict.get
         headers = self.headers
-        connection = headers.get("connection", "").lower()
-        self._keep = self.version == 11 and "close" not in connection
+        self._keep = self.version == 11 and "close" not in get(headers, "connection", "").lower()
         status = self.status
         if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
             self._left = 0
-        elif "chunked" in headers.get("transfer-encoding", "").lower():
+        elif "chunked" in get(headers, "transfer-encoding", "").lower():
             self._mode = _CHUNKED
-        elif (length := headers.get("content-length")) is not None:
-            self._left = _content_length(length)
+        elif (length := get(headers, "content-length")) is not None:
+            self._left = int(length) if length.isdigit() and length.isascii() else _content_length(length)
         else:
             self._mode = _UNTIL_CLOSE
             self._keep = False
-        encoding = headers.get("content-encoding", "").lower()
-        if encoding in ("gzip", "x-gzip", "deflate"):
-            self._decoder = _Decoder(encoding)
+        encoding = get(headers, "content-encoding")
+        if encoding is not None and encoding.lower() in ("gzip", "x-gzip", "deflate"):
+            self._decoder = _Decoder(encoding.lower())
         self._done = False
         if self._mode == _LENGTH and self._left == 0:
             self._finish()
@@ -337,24 +337,43 @@ def _content_length(value: str) -> int:
     if len(values) != 1:
         raise ResponseBroken(f"conflicting Content-Length {value[:40]!r}")
     text = values.pop()
-    if not text.isdigit():
+    if not (text.isdigit() and text.isascii()):
         raise ResponseBroken(f"bad Content-Length {text[:40]!r}")
     return int(text)
 
 
 def parse_head(head: bytes) -> Response:
     """The status line and headers (``head`` without the blank line that ends it)."""
-    lines = head.decode("latin-1").split("\r\n")
-    if len(lines) == 1 and "\n" in lines[0]:
-        lines = [line.rstrip("\r") for line in lines[0].split("\n")]
-    status_line = lines[0]
-    protocol, _, rest = status_line.partition(" ")
-    code = rest[:3]
-    if not protocol.startswith("HTTP/") or len(code) != 3 or not code.isdigit() or rest[3:4] not in ("", " "):
+    text = head.decode("latin-1")
+    if "\r\n" not in text and "\n" in text:  # bare-LF head
+        text = text.replace("\n", "\r\n")
+    status_line, _, rest = text.partition("\r\n")
+    protocol, _, status = status_line.partition(" ")
+    code = status[:3]
+    if (not protocol.startswith("HTTP/") or len(code) != 3 or not (code.isdigit() and code.isascii())
+            or status[3:4] not in ("", " ")):
         raise ResponseBroken(f"bad status line {status_line[:80]!r}")
     headers = Headers()
+    if rest:
+        lines = rest.split("\r\n")
+        if "\n " not in rest and "\n\t" not in rest and rest[0] not in " \t":
+            try:
+                pairs = [line.split(":", 1) for line in lines]
+                headers.update({name.strip().lower(): value.strip() for name, value in pairs})
+            except ValueError:  # a line without a colon
+                pass
+            else:
+                if len(headers) == len(pairs):
+                    return Response(int(code), status[4:], 11 if protocol == "HTTP/1.1" else 10, headers)
+                headers.clear()  # a repeated header: join the values below
+        _parse_lines(lines, headers)
+    return Response(int(code), status[4:], 11 if protocol == "HTTP/1.1" else 10, headers)
+
+
+def _parse_lines(lines: list[str], headers: Headers) -> None:
+    """The general case: repeated headers joined with ", ", folded lines unfolded, junk lines ignored."""
     name = ""
-    for line in lines[1:]:
+    for line in lines:
         if line[:1] in (" ", "\t"):  # obsolete line folding: continues the previous header
             if name:
                 headers[name] = f"{headers[name]} {line.strip()}"
@@ -367,8 +386,6 @@ def parse_head(head: bytes) -> Response:
         value = value.strip()
         previous = dict.get(headers, name)
         headers[name] = value if previous is None else f"{previous}, {value}"
-    version = 11 if protocol == "HTTP/1.1" else 10
-    return Response(int(code), rest[4:], version, headers)
 
 
 def _find_head_end(buf: bytes) -> tuple[int, int]:
