@@ -31,9 +31,9 @@
 from gevent import monkey
 
 monkey.patch_all()
-# ^ Keep those two statements first. preload_app imports wsgiproxy (and with it urllib3 and
-#   ssl) in the master, before gunicorn's gevent worker would patch; urllib3 then holds the
-#   unpatched ssl.SSLContext and every HTTPS call to SAP AI Core dies with RecursionError.
+# ^ Keep those two statements first. preload_app imports wsgiproxy (and with it ssl) in the
+#   master, before gunicorn's gevent worker would patch; a module holding the unpatched
+#   ssl.SSLContext then makes every HTTPS call to SAP AI Core die with RecursionError.
 #   Patching here, before anything imports the app, avoids that (ops-notes §1.6, pitfall 2).
 
 import os

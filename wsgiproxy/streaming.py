@@ -16,8 +16,7 @@ import typing as t
 from .aicore.transport import READ_SIZE, STREAM_ERRORS, discard, read_error, release
 
 if t.TYPE_CHECKING:
-    import urllib3
-
+    from .aicore.transport import UpstreamResponse
     from .record import RequestRecord
 
 log = logging.getLogger("wsgiproxy.stream")
@@ -43,7 +42,7 @@ class RelayedStream:
 
     def __init__(
         self,
-        response: urllib3.BaseHTTPResponse,
+        response: UpstreamResponse,
         translator: Translator,
         error_event: t.Callable[[str], bytes],
         record: RequestRecord | None = None,

@@ -15,11 +15,9 @@ from urllib.parse import urlencode
 from ..errors import UpstreamError
 from ..metrics import Metrics
 from .tokens import TokenCache, fetch_token
-from .transport import Transport, discard
+from .transport import Transport, UpstreamResponse, discard
 
 if t.TYPE_CHECKING:
-    import urllib3
-
     from ..config import Settings, SubAccount
     from .catalog import Deployment
 
@@ -62,7 +60,7 @@ class AICoreClient:
         query: t.Mapping[str, str] | None = None,
         stream: bool = False,
         accept: str = "application/json",
-    ) -> urllib3.BaseHTTPResponse:
+    ) -> UpstreamResponse:
         """POST ``body`` to the deployment; a 401 (expired token) is retried once with a new token."""
         url = deployment.url + suffix
         if query:
@@ -93,9 +91,7 @@ class AICoreClient:
                 raise
             self.metrics.upstream_done(sub.name, deployment.id, response.status, time.perf_counter() - started)
             if response.status != 401 or attempt == 2:
-                # The endpoints still annotate urllib3's type; ours offers the same members they use
-                # (transport.UpstreamResponse).
-                return t.cast("urllib3.BaseHTTPResponse", response)
+                return response
             log.info("SAP AI Core answered 401 for subaccount %s; fetching a new token and retrying once", sub.name)
             discard(response)
             cache.invalidate(token)

@@ -13,8 +13,7 @@ from ..answers import Answer, json_answer
 from ..errors import ApiError
 
 if t.TYPE_CHECKING:
-    import urllib3
-
+    from ..aicore.transport import UpstreamResponse
     from ..record import RequestRecord
     from . import Call
 
@@ -44,7 +43,7 @@ def openai_deployment(call: Call, model: str) -> Deployment:
     return deployment
 
 
-def upstream_failure(response: urllib3.BaseHTTPResponse, deployment: Deployment) -> ApiError:
+def upstream_failure(response: UpstreamResponse, deployment: Deployment) -> ApiError:
     """An upstream error status as the client's error: 4xx and 5xx keep their status and message.
 
     401/403 mean the proxy's own SAP AI Core credentials are wrong, not the client's key, so they
@@ -96,7 +95,7 @@ _PROMPT_TOKENS = re.compile(rb'"prompt_tokens"\s*:\s*(\d+)')
 _COMPLETION_TOKENS = re.compile(rb'"completion_tokens"\s*:\s*(\d+)')
 
 
-def passthrough(response: urllib3.BaseHTTPResponse, record: RequestRecord | None = None) -> Answer:
+def passthrough(response: UpstreamResponse, record: RequestRecord | None = None) -> Answer:
     """A complete (non-streamed) upstream JSON answer, relayed as is; its usage goes into ``record``."""
     content_type = response.headers.get("content-type", "application/json")
     data = response.data
