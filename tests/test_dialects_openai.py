@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from wsgiproxy.dialects.openai import ChatStream, chat_upstream_body, error_event
 
@@ -88,6 +90,26 @@ def test_streaming_request_asks_for_usage() -> None:
     body, wants = chat_upstream_body(json.loads(raw), raw)
     assert wants is False
     assert json.loads(body)["stream_options"] == {"foo": 1, "include_usage": True}
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"model":"gpt-4o","messages":[],"stream":true}',
+    b'  \n{ "stream" : true, "model": "gpt-4o", "messages": [{"content": "{ not a brace"}] }  ',
+])
+def test_streaming_request_gains_the_usage_option_without_being_re_encoded(raw: bytes) -> None:
+    body, wants = chat_upstream_body(json.loads(raw), raw)
+    assert wants is False
+    assert json.loads(body) == {**json.loads(raw), "stream_options": {"include_usage": True}}
+    assert raw.strip().rstrip(b"}") in body.replace(b'"stream_options":{"include_usage":true},', b"")
+
+
+@given(st.dictionaries(st.text(max_size=5).filter(lambda k: k != "stream_options"), st.text(max_size=5), max_size=4),
+       st.booleans())
+def test_the_usage_option_keeps_any_body_valid(extra: dict, pretty: bool) -> None:
+    body = {**extra, "stream": True}
+    raw = json.dumps(body, indent=1 if pretty else None, ensure_ascii=False).encode()
+    sent, _ = chat_upstream_body(body, raw)
+    assert json.loads(sent) == {**body, "stream_options": {"include_usage": True}}
 
 
 def test_streaming_request_that_asked_for_usage_is_untouched() -> None:

@@ -26,6 +26,11 @@ def chat_upstream_body(body: dict[str, t.Any], raw: bytes) -> tuple[bytes, bool]
     client_wants_usage = isinstance(options, dict) and options.get("include_usage") is True
     if client_wants_usage:
         return raw, True
+    if "stream_options" not in body:
+        # The usual case: add the option in front of the first key instead of re-encoding the body.
+        # `body` parsed as a non-empty object (it has "stream"), so a key follows the brace.
+        brace = raw.index(b"{") + 1
+        return raw[:brace] + b'"stream_options":{"include_usage":true},' + raw[brace:], False
     upstream = dict(body)
     upstream["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
     return json.dumps(upstream, ensure_ascii=False, separators=(",", ":")).encode(), False
