@@ -10,6 +10,8 @@ Targets, all up at once and measured point by point in turn (so machine noise hi
 * ``direct``: the load generator against the fake upstream (nginx, static JSON and an echo-module
   SSE stream), to show the upstream is far faster than the proxy;
 * ``nginx``: nginx ``proxy_pass`` to that upstream, the ceiling for any proxy;
+* ``floor``: the same gunicorn command and conf serving the upstream's answers from a static WSGI
+  app (``floor_app.py``): what the server itself costs, so the proxy's own share is measurable;
 * ``proxy``: ``gunicorn -c conf/gunicorn.conf.py wsgiproxy:app`` with one gevent worker and the
   shipped defaults (access log to stdout, here a file); in a full run also ``proxy-nolog`` with
   ``WSGIPROXY_ACCESSLOG=off``.
@@ -194,6 +196,15 @@ class Bench:
             target.find_workers()
             self.targets["nginx"] = target
         config = T.write_proxy_config(self.scratch / "proxy-config", up_url)
+        if "floor" in names:
+            server = T.start_proxy(self.scratch / "floor", config, PROXY_CPU, worker_connections=1200,
+                                   app="tests.bench.floor_app:app")
+            self.started.append(server)
+            target = T.Target("floor", server.url, "/v1/chat/completions", "/v1/chat/completions", b"", b"",
+                              master=server, note="the same gunicorn command and conf serving a static answer "
+                              "(tests/bench/floor_app.py): the server's own cost, no proxying")
+            target.find_workers()
+            self.targets["floor"] = target
         for name in names:
             if not name.startswith("proxy"):
                 continue
@@ -386,6 +397,10 @@ def checks(report: dict[str, t.Any]) -> list[dict[str, t.Any]]:
     if ("proxy", 64) in ns:
         cpu = ns[("proxy", 64)]["cpu_us_per_req"]
         add("CPU per non-streaming request (c=64, worker)", f"{cpu:.0f} µs", "≤ 250 µs", cpu <= 250)
+        if ("floor", 64) in ns:
+            floor = ns[("floor", 64)]["cpu_us_per_req"]
+            add("the server's own floor for that (gunicorn + static app, c=64)", f"{floor:.0f} µs; proxy's own "
+                f"share {cpu - floor:.0f} µs", "(context)", None)
     if ("proxy", 1) in ns and ("direct", 1) in ns:
         added = (ns[("proxy", 1)]["lat_p50_us"] - ns[("direct", 1)]["lat_p50_us"]) / 1000
         add("added p50 latency at c=1 over direct", f"{added:.3f} ms", "≤ 0.3 ms", added <= 0.3)
@@ -400,6 +415,11 @@ def checks(report: dict[str, t.Any]) -> list[dict[str, t.Any]]:
                 f"{ref['ttfb_ms']['p50']:.1f} ms)", "≤ 1.5×", ttfb <= 1.5)
             add("total p99 at 1000 streams vs nginx", f"{total:.2f}× ({row['total_ms']['p99']:.0f} vs "
                 f"{ref['total_ms']['p99']:.0f} ms)", "≤ 1.3×", total <= 1.3)
+            if ("floor", 1000) in st:
+                fl = st[("floor", 1000)]
+                add("the floor at 1000 streams vs nginx (TTFB p50, total p99)",
+                    f"{fl['ttfb_ms']['p50'] / max(ref['ttfb_ms']['p50'], 1e-6):.2f}×, "
+                    f"{fl['total_ms']['p99'] / max(ref['total_ms']['p99'], 1e-6):.2f}×", "(context)", None)
         rss = row["peak_rss_kb"] / 1024
         add("peak RSS per worker at 1000 streams", f"{rss:.1f} MB", "≤ 60 MB", rss <= 60)
     if "soak" in report:
@@ -466,7 +486,8 @@ def markdown(report: dict[str, t.Any]) -> str:
     if report.get("checks"):
         lines += ["## Issue #5 targets", "", "| target | measured | goal | met |", "|---|---|---|---|"]
         for c in report["checks"]:
-            lines.append(f"| {c['target']} | {c['measured']} | {c['goal']} | {'yes' if c['ok'] else 'no'} |")
+            met = "—" if c["ok"] is None else "yes" if c["ok"] else "no"
+            lines.append(f"| {c['target']} | {c['measured']} | {c['goal']} | {met} |")
         lines.append("")
     lines += ["CPU µs/req: the target's worker processes (utime+stime from /proc) over the requests completed in "
               "that point; for `direct` that is the fake upstream's nginx worker. Upstream/loadgen CPU % show that "
@@ -475,8 +496,8 @@ def markdown(report: dict[str, t.Any]) -> str:
 
 
 def _order(name: str) -> int:
-    return ["direct", "nginx", "proxy", "proxy-nolog"].index(name) if name in (
-        "direct", "nginx", "proxy", "proxy-nolog") else 9
+    order = ["direct", "nginx", "floor", "proxy", "proxy-nolog"]
+    return order.index(name) if name in order else 9
 
 
 def _say(text: str) -> None:
@@ -498,7 +519,7 @@ def main(argv: t.Sequence[str] | None = None) -> int:
     group.add_argument("--soak", action="store_true", help="100k requests through the proxy, RSS sampled")
     group.add_argument("--profile", action="store_true", help="py-spy the proxy worker under load")
     parser.add_argument("--requests", type=int, default=100_000, help="soak: requests in a row")
-    parser.add_argument("--targets", default="", help="comma-separated subset of direct,nginx,proxy,proxy-nolog")
+    parser.add_argument("--targets", default="", help="comma-separated subset of direct,nginx,floor,proxy,proxy-nolog")
     parser.add_argument("--results", default=str(RESULTS), help="directory for <mode>.json and <mode>.md")
     args = parser.parse_args(argv)
     preflight()
@@ -513,7 +534,7 @@ def main(argv: t.Sequence[str] | None = None) -> int:
     elif args.soak or args.profile:
         names = ["proxy"]
     else:
-        names = ["direct", "nginx", "proxy"] + (["proxy-nolog"] if mode.extra_proxy else [])
+        names = ["direct", "nginx", "floor", "proxy"] + (["proxy-nolog"] if mode.extra_proxy else [])
     report: dict[str, t.Any] = {"mode": mode_name, "environment": environment()}
     bench = Bench(mode, scratch)
     begin = time.monotonic()

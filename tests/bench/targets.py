@@ -216,7 +216,8 @@ def write_proxy_config(directory: Path, upstream_url: str) -> Path:
 
 
 def start_proxy(directory: Path, config_path: Path, cpu: int | None, worker_connections: int,
-                extra_env: t.Mapping[str, str] | None = None, conf: Path = GUNICORN_CONF) -> Server:
+                extra_env: t.Mapping[str, str] | None = None, conf: Path = GUNICORN_CONF,
+                app: str = "wsgiproxy:app") -> Server:
     """``gunicorn -c conf/gunicorn.conf.py wsgiproxy:app``, one gevent worker, shipped defaults
     except the bind address, the worker count and worker_connections (and ``extra_env``)."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -230,7 +231,7 @@ def start_proxy(directory: Path, config_path: Path, cpu: int | None, worker_conn
         "WSGIPROXY_GRACEFUL_TIMEOUT": "5",
     }
     env.update(extra_env or {})
-    cmd = [*taskset(cpu), *tool("gunicorn"), "-c", str(conf), "wsgiproxy:app"]
+    cmd = [*taskset(cpu), *tool("gunicorn"), "-c", str(conf), app]
     log = directory / "gunicorn.log"
     server = Server(spawn(cmd, log, base_env(env), "gunicorn"), log, "gunicorn", f"http://127.0.0.1:{port}")
     return wait_ready(server, 30.0)
