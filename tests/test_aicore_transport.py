@@ -692,3 +692,50 @@ def test_pool_waits_cooperatively_under_gevent(tls: tuple[ssl.SSLContext, str]) 
         done = subprocess.run([sys.executable, "-c", script, chain, ca_path], cwd=ROOT, capture_output=True,
                               text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.strip() == "OK", done.stderr[-3000:]
+
+
+# --- name resolution ------------------------------------------------------------------------------
+
+
+def _count_lookups(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    lookups: list[str] = []
+    real = socket.getaddrinfo
+
+    def counting(host: t.Any, *args: t.Any, **kwargs: t.Any) -> t.Any:
+        lookups.append(host)
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", counting)
+    return lookups
+
+
+def test_an_ip_literal_is_never_resolved(server: t.Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    lookups = _count_lookups(monkeypatch)
+    s = server(blocking_after_answer(ok(b"{}", "Connection: close")))  # every answer on a new connection
+    transport = Transport(maxsize=4, pool_timeout=1)
+    for _ in range(3):
+        assert send(transport, s.url + "/x").status == 200
+    transport.clear()
+    assert s.connections == 3 and lookups == []
+
+
+def test_a_host_name_is_resolved_once_for_many_connections(server: t.Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    lookups = _count_lookups(monkeypatch)
+    s = server(blocking_after_answer(ok(b"{}", "Connection: close")))
+    url = f"http://localhost:{s.server_address[1]}/x"
+    transport = Transport(maxsize=4, pool_timeout=1)
+    for _ in range(3):
+        assert send(transport, url).status == 200
+    assert s.connections == 3 and lookups == ["localhost"]
+    transport.clear()
+
+
+def test_a_failed_connect_forgets_the_addresses(monkeypatch: pytest.MonkeyPatch) -> None:
+    lookups = _count_lookups(monkeypatch)
+    transport = Transport(maxsize=4, pool_timeout=1)
+    url = f"http://localhost:{free_port()}/x"
+    for _ in range(2):
+        with pytest.raises(UpstreamUnreachable):
+            send(transport, url)
+    assert lookups.count("localhost") == 4  # each request: a lookup per connect attempt, none cached
+    transport.clear()

@@ -24,6 +24,7 @@ import socket
 import ssl
 import sys
 import threading
+import time
 import typing as t
 import zlib
 from urllib.parse import quote, urlsplit
@@ -35,6 +36,11 @@ _MAX_HEAD = 65536  # bytes of status line + headers
 _MAX_SIZE_LINE = 4096  # bytes of a chunk-size line (extensions included)
 _ONE_SEND = 65536  # bodies up to this size go out in the same send as the head
 _USER_AGENT = "wsgiproxy"
+# How long a host name's addresses are reused for new connections. Resolving under gevent goes
+# through its thread pool; a burst of new connections each resolving starved the hub for seconds
+# at 1000 concurrent streams. Cloud load balancers change addresses slowly; a failed connect
+# forgets them at once.
+ADDRESS_TTL = 30.0
 
 # Body framing
 _LENGTH = 0
@@ -84,7 +90,8 @@ class Headers(dict[str, str]):
 class Origin:
     """One scheme + host + port: its idle connections and the semaphore over connections in use."""
 
-    __slots__ = ("host", "port", "tls", "label", "host_header", "idle", "slots", "closed")
+    __slots__ = ("host", "port", "tls", "label", "host_header", "idle", "slots", "closed", "addresses",
+                 "resolved_at", "literal")
 
     def __init__(self, host: str, port: int, tls: bool, host_header: str, maxsize: int) -> None:
         self.host = host
@@ -95,6 +102,22 @@ class Origin:
         self.idle: list[socket.socket] = []
         self.slots = _semaphore(maxsize)
         self.closed = False
+        self.literal = _literal_address(host, port)
+        self.addresses: list[tuple[int, t.Any]] = [self.literal] if self.literal else []
+        self.resolved_at = 0.0
+
+    def resolve(self) -> list[tuple[int, t.Any]]:
+        """(family, sockaddr) pairs to connect to: an IP literal as is, a name cached for ADDRESS_TTL."""
+        if self.literal or (self.addresses and time.monotonic() - self.resolved_at < ADDRESS_TTL):
+            return self.addresses
+        infos = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
+        self.addresses = [(family, sockaddr) for family, _, _, _, sockaddr in infos]
+        self.resolved_at = time.monotonic()
+        return self.addresses
+
+    def forget_addresses(self) -> None:
+        if not self.literal:
+            self.addresses = []
 
     def give_back(self, sock: socket.socket) -> None:
         if self.closed:
@@ -399,6 +422,37 @@ def _find_head_end(buf: bytes) -> tuple[int, int]:
     return -1, -1
 
 
+def _literal_address(host: str, port: int) -> tuple[int, t.Any] | None:
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host)
+        except OSError:
+            continue
+        return family, (host, port)
+    return None
+
+
+def _open(origin: Origin, connect_timeout: float) -> socket.socket:
+    """Like ``socket.create_connection``, with the origin's cached addresses; forgets them on failure."""
+    error: OSError | None = None
+    try:
+        addresses = origin.resolve()
+    except OSError:
+        origin.forget_addresses()
+        raise
+    for family, sockaddr in addresses:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(connect_timeout)
+            sock.connect(sockaddr)
+            return sock
+        except OSError as exc:
+            sock.close()
+            error = exc
+    origin.forget_addresses()
+    raise error or OSError(f"no address for {origin.host}")
+
+
 def _short(exc: BaseException) -> str:
     text = str(exc.args[0] if exc.args else exc) or type(exc).__name__
     return text[:160]
@@ -550,7 +604,7 @@ class Pool:
         error: Exception | None = None
         for _attempt in (1, 2):
             try:
-                sock = socket.create_connection((origin.host, origin.port), connect_timeout)
+                sock = _open(origin, connect_timeout)
             except TimeoutError:
                 error = UpstreamTimeout(f"connecting to {origin.label} timed out")
             except OSError:
