@@ -36,10 +36,9 @@ _MAX_HEAD = 65536  # bytes of status line + headers
 _MAX_SIZE_LINE = 4096  # bytes of a chunk-size line (extensions included)
 _ONE_SEND = 65536  # bodies up to this size go out in the same send as the head
 _USER_AGENT = "wsgiproxy"
-# How long a host name's addresses are reused for new connections. Resolving under gevent goes
-# through its thread pool; a burst of new connections each resolving starved the hub for seconds
-# at 1000 concurrent streams. Cloud load balancers change addresses slowly; a failed connect
-# forgets them at once.
+# How long a host name's addresses are reused for new connections. Resolving under gevent is a
+# round trip through its thread pool, paid by every new connection of a burst. Cloud load
+# balancers change addresses slowly; a failed connect forgets them at once.
 ADDRESS_TTL = 30.0
 
 # Body framing
