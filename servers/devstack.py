@@ -96,6 +96,8 @@ def usage(proxy: str, sim: str, config: Path) -> str:
     chat = '{"model":"gpt-4o","messages":[{"role":"user","content":"Say hello"}]}'
     stream = '{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"Count to five"}]}'
     embed = '{"model":"text-embedding-3-small","input":"hello world"}'
+    claude = ('{"model":"claude-sonnet-4-5","max_tokens":200,"stream":true,'
+              '"messages":[{"role":"user","content":"Say hello"}]}')
     fault = '{"faults":[{"kind":"status","status":429,"retry_after":7}]}'
     return f"""
 wsgiproxy dev stack is up
@@ -110,6 +112,11 @@ curl:
   curl -s {proxy}/v1/chat/completions {auth} {json_h} -d '{chat}'
   curl -sN {proxy}/v1/chat/completions {auth} {json_h} -d '{stream}'
   curl -s {proxy}/v1/embeddings {auth} {json_h} -d '{embed}'
+  curl -sN {proxy}/v1/messages {auth} {json_h} -d '{claude}'
+
+Claude Code (Anthropic's model ids map to the simulator's anthropic--claude-4.5-sonnet):
+  ANTHROPIC_BASE_URL={proxy} ANTHROPIC_API_KEY={DEV_KEY} CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1 \\
+    claude -p "say hi" --model claude-sonnet-4-5
 
 Python (pip install openai):
   from openai import OpenAI
