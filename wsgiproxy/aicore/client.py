@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 import typing as t
-from functools import partial
+from functools import lru_cache, partial
 from urllib.parse import urlencode
 
 from ..errors import UpstreamError
@@ -64,7 +64,7 @@ class AICoreClient:
         """POST ``body`` to the deployment; a 401 (expired token) is retried once with a new token."""
         url = deployment.url + suffix
         if query:
-            url += "?" + urlencode(query)
+            url += "?" + _query_string(tuple(query.items()))
         sub = deployment.subaccount
         cache = self.tokens[sub.name]
         base = self._base_headers.get(sub.name)
@@ -108,3 +108,9 @@ class AICoreClient:
             "Accept-Encoding": "identity",
             "AI-Client-Type": "wsgiproxy",
         }
+
+
+@lru_cache(maxsize=64)
+def _query_string(items: tuple[tuple[str, str], ...]) -> str:
+    """The same few query strings (``api-version``) on every request: encoded once."""
+    return urlencode(items)
