@@ -94,3 +94,8 @@ def optional_bool(body: t.Mapping[str, t.Any], key: str) -> bool:
     if not isinstance(value, bool):
         raise bad_request(f"'{key}' must be a boolean, got {json.dumps(value)[:40]}.", param=key)
     return value
+
+
+def is_int(value: object) -> t.TypeGuard[int]:
+    """Whether a decoded JSON value is an integer (``bool`` is an ``int`` subclass, but not one)."""
+    return isinstance(value, int) and not isinstance(value, bool)

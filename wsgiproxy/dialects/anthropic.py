@@ -15,6 +15,7 @@ import json
 import re
 import typing as t
 
+from ..body import is_int
 from ..errors import ApiError, bad_request
 from .anthropic_tokens import CHARS_PER_TOKEN as CHARS_PER_TOKEN
 from .anthropic_tokens import IMAGE_TOKENS as IMAGE_TOKENS
@@ -104,7 +105,7 @@ def invoke_body(body: t.Any, beta_header: str | None, *, adaptive_thinking: bool
     max_tokens = body.get("max_tokens")
     if max_tokens is None:
         raise bad_request("'max_tokens' is required: the most tokens the answer may have.", param="max_tokens")
-    if not _is_int(max_tokens) or max_tokens < 1:
+    if not is_int(max_tokens) or max_tokens < 1:
         raise bad_request("'max_tokens' must be a positive integer.", param="max_tokens")
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
@@ -271,9 +272,9 @@ def usage_counts(usage: t.Any) -> tuple[int | None, int | None]:
     if not isinstance(usage, dict):
         return None, None
     inputs = [usage.get(key) for key in ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")]
-    counted = [n for n in inputs if _is_int(n)]
+    counted = [n for n in inputs if is_int(n)]
     output = usage.get("output_tokens")
-    return (sum(counted) if counted else None), (output if _is_int(output) else None)
+    return (sum(counted) if counted else None), (output if is_int(output) else None)
 
 
 def to_json(value: t.Any) -> bytes:
@@ -400,7 +401,3 @@ class MessagesStream:
         if kind in ANTHROPIC_ERROR_TYPES:
             return error_event(message, kind)
         return error_event(f"{message} ({kind})", ERROR_TYPES.get(kind.lower(), "api_error"))
-
-
-def _is_int(value: t.Any) -> t.TypeGuard[int]:
-    return isinstance(value, int) and not isinstance(value, bool)

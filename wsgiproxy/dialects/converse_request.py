@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import typing as t
 
+from ..body import is_int
 from ..errors import bad_request
 
 DEFAULT_MAX_TOKENS = 8192
@@ -338,11 +339,6 @@ def _tool_choice(choice: object, specs: list[Block]) -> dict[str, t.Any] | str |
     if name not in {spec["toolSpec"]["name"] for spec in specs}:
         raise bad_request(f"'tool_choice' names {name!r}, which is not in 'tools'", param="tool_choice")
     return {"tool": {"name": name}}
-
-
-def is_int(value: object) -> t.TypeGuard[int]:
-    """Whether a decoded JSON value is an integer (``bool`` is an ``int`` subclass, but not one)."""
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _number(body: dict[str, t.Any], key: str, low: float, high: float) -> float | None:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 import typing as t
 
+from ..body import is_int
 from ..errors import ApiError
-from .converse_request import is_int
 
 FINISH_REASONS = {
     "end_turn": "stop",

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import typing as t
 
+from ..body import is_int
 from .bedrock import BedrockEvent, BedrockStreamReader
-from .converse_request import is_int
 from .converse_response import finish_reason, openai_usage
 from .openai import error_event
 from .sse import DONE, encode
