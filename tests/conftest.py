@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `import _stack`, whatever the import mode
 
-from _stack import Stack  # noqa: E402
+from _stack import DEFAULT_KEY, Server, Sim, Stack  # noqa: E402
 
 
 @pytest.fixture
@@ -22,3 +22,26 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
         yield started
     finally:
         started.close()
+
+
+# One simulator and one single-worker gunicorn per test module that asks for them; tests that
+# need a pristine process start their own through ``stack``.
+
+
+@pytest.fixture(scope="module")
+def stack_m(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    started = Stack(tmp_path_factory.mktemp("stack"))
+    try:
+        yield started
+    finally:
+        started.close()
+
+
+@pytest.fixture(scope="module")
+def sim(stack_m: Stack) -> Sim:
+    return stack_m.sim(proxy_keys=[DEFAULT_KEY])
+
+
+@pytest.fixture(scope="module")
+def proxy(stack_m: Stack, sim: Sim) -> Server:
+    return stack_m.gunicorn(sim.config_path, workers=1)

@@ -24,7 +24,7 @@ import typing as t
 from pathlib import Path
 
 import pytest
-from _stack import DEFAULT_KEY, ROOT, Server, Sim, Stack
+from _stack import DEFAULT_KEY, ROOT, Server, Sim
 
 pytestmark = pytest.mark.integration
 
@@ -104,27 +104,9 @@ def claude_bin() -> Path:
     return _install()
 
 
-@pytest.fixture(scope="module")
-def stack_m(claude_bin: Path, tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[Stack]:
-    stack = Stack(tmp_path_factory.mktemp("claude-code"))
-    try:
-        yield stack
-    finally:
-        stack.close()
-
-
-@pytest.fixture(scope="module")
-def sim(stack_m: Stack) -> Sim:
-    return stack_m.sim(proxy_keys=[DEFAULT_KEY])
-
-
-@pytest.fixture(scope="module")
-def proxy(stack_m: Stack, sim: Sim) -> Server:
-    return stack_m.gunicorn(sim.config_path, workers=1)
-
-
 @pytest.fixture(autouse=True)
-def clean_sim(sim: Sim) -> t.Iterator[None]:
+def clean_sim(claude_bin: Path, sim: Sim) -> t.Iterator[None]:
+    """Installs (or skips) before the module's stack starts, then gives each test a reset simulator."""
     sim.reset()
     sim.control("/_sim/settings", {"chunk_delay_ms": 0})
     yield

@@ -16,7 +16,7 @@ import typing as t
 import anthropic
 import openai
 import pytest
-from _stack import DEFAULT_KEY, Server, Sim, Stack, http_request
+from _stack import DEFAULT_KEY, Server, Sim, http_request
 
 pytestmark = [
     pytest.mark.integration,
@@ -35,25 +35,6 @@ WEATHER = {
 PNG = base64.b64encode(bytes.fromhex(
     "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
     "1f15c4890000000d49444154789c6360000002000154a24f5d0000000049454e44ae426082")).decode()
-
-
-@pytest.fixture(scope="module")
-def stack_m(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[Stack]:
-    stack = Stack(tmp_path_factory.mktemp("claude"))
-    try:
-        yield stack
-    finally:
-        stack.close()
-
-
-@pytest.fixture(scope="module")
-def sim(stack_m: Stack) -> Sim:
-    return stack_m.sim(proxy_keys=[DEFAULT_KEY])
-
-
-@pytest.fixture(scope="module")
-def proxy(stack_m: Stack, sim: Sim) -> Server:
-    return stack_m.gunicorn(sim.config_path, workers=1)
 
 
 @pytest.fixture(autouse=True)

@@ -22,25 +22,6 @@ pytestmark = pytest.mark.integration
 MESSAGES = [{"role": "user", "content": "Tell me something"}]
 
 
-@pytest.fixture(scope="module")
-def stack_m(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[Stack]:
-    stack = Stack(tmp_path_factory.mktemp("stack"))
-    try:
-        yield stack
-    finally:
-        stack.close()
-
-
-@pytest.fixture(scope="module")
-def sim(stack_m: Stack) -> Sim:
-    return stack_m.sim(proxy_keys=[DEFAULT_KEY])
-
-
-@pytest.fixture(scope="module")
-def proxy(stack_m: Stack, sim: Sim) -> Server:
-    return stack_m.gunicorn(sim.config_path, workers=1)
-
-
 @pytest.fixture(autouse=True)
 def clean_sim(sim: Sim) -> t.Iterator[None]:
     sim.reset()
