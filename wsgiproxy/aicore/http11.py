@@ -452,9 +452,26 @@ def _open(origin: Origin, connect_timeout: float) -> socket.socket:
     raise error or OSError(f"no address for {origin.host}")
 
 
-def _short(exc: BaseException) -> str:
+def short_reason(exc: BaseException) -> str:
+    """An exception's message, short enough for a client's error and a log line."""
     text = str(exc.args[0] if exc.args else exc) or type(exc).__name__
     return text[:160]
+
+
+def _closed_while_idle(exc: OSError) -> bool:
+    """Whether a reused connection failed the way one closed by the server while idle does."""
+    if isinstance(exc, ssl.SSLError):
+        return isinstance(exc, (ssl.SSLEOFError, ssl.SSLZeroReturnError))
+    return not isinstance(exc, (TimeoutError, ResponseBroken))  # reset, broken pipe
+
+
+def _failure(exc: OSError, origin: Origin, timed_out: str) -> UpstreamTimeout | UpstreamUnreachable:
+    """A socket or TLS error talking to ``origin`` as the error the proxy reports."""
+    if isinstance(exc, TimeoutError):
+        return UpstreamTimeout(timed_out)
+    if isinstance(exc, ssl.SSLError):
+        return UpstreamUnreachable(f"TLS error talking to {origin.label}: {exc}")
+    return UpstreamUnreachable(f"connection to {origin.label} broke: {short_reason(exc)}")
 
 
 _SAFE_PATH = "/?&=%:@!$'()*+,;~-._[]#"
@@ -523,15 +540,9 @@ class Pool:
         if not stream:
             try:
                 response.data  # noqa: B018 - read the body now; the connection goes back to the pool
-            except TimeoutError:
-                response.close()
-                raise UpstreamTimeout(f"{origin.label} did not answer in time") from None
-            except ssl.SSLError as exc:
-                response.close()
-                raise UpstreamUnreachable(f"TLS error talking to {origin.label}: {exc}") from exc
             except OSError as exc:
                 response.close()
-                raise UpstreamUnreachable(f"connection to {origin.label} broke: {_short(exc)}") from exc
+                raise _failure(exc, origin, f"{origin.label} did not answer in time") from exc
             except BaseException:
                 response.close()
                 raise
@@ -581,19 +592,11 @@ class Pool:
         except _Stale:
             sock.close()
             raise
-        except TimeoutError:
-            sock.close()
-            raise UpstreamTimeout(f"{origin.label} did not answer in time") from None
-        except ssl.SSLError as exc:
-            sock.close()
-            if not received and not fresh and isinstance(exc, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
-                raise _Stale from None
-            raise UpstreamUnreachable(f"TLS error talking to {origin.label}: {exc}") from exc
         except OSError as exc:
             sock.close()
-            if not received and not fresh and not isinstance(exc, ResponseBroken):
-                raise _Stale from None  # reset or broken pipe on a reused connection
-            raise UpstreamUnreachable(f"connection to {origin.label} broke: {_short(exc)}") from exc
+            if not received and not fresh and _closed_while_idle(exc):
+                raise _Stale from None
+            raise _failure(exc, origin, f"{origin.label} did not answer in time") from exc
         except BaseException:
             sock.close()
             raise
@@ -617,15 +620,9 @@ class Pool:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if origin.tls:
                 sock = self._tls_context().wrap_socket(sock, server_hostname=origin.host)
-        except TimeoutError:
-            sock.close()
-            raise UpstreamTimeout(f"connecting to {origin.label} timed out") from None
-        except ssl.SSLError as exc:
-            sock.close()
-            raise UpstreamUnreachable(f"TLS error talking to {origin.label}: {exc}") from exc
         except OSError as exc:
             sock.close()
-            raise UpstreamUnreachable(f"connection to {origin.label} broke: {_short(exc)}") from exc
+            raise _failure(exc, origin, f"connecting to {origin.label} timed out") from exc
         except BaseException:
             sock.close()
             raise

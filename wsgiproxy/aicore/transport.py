@@ -18,7 +18,7 @@ import typing as t
 from urllib3.exceptions import HTTPError, ReadTimeoutError
 
 from ..errors import UpstreamTimeout, UpstreamUnreachable
-from .http11 import READ_SIZE, Pool, Response
+from .http11 import READ_SIZE, Pool, Response, short_reason
 
 __all__ = ["READ_SIZE", "STREAM_ERRORS", "Transport", "UpstreamResponse", "discard", "read_error", "release"]
 
@@ -96,18 +96,13 @@ class Transport:
             self._pool.clear()
 
 
-def _short(exc: BaseException) -> str:
-    text = str(exc.args[0] if exc.args else exc) or type(exc).__name__
-    return text[:160]
-
-
 def read_error(exc: BaseException) -> Exception:
     """Map an error raised while streaming a body (``read1``) like a request error."""
     if isinstance(exc, (UpstreamTimeout, UpstreamUnreachable)):
         return exc
     if isinstance(exc, (TimeoutError, ReadTimeoutError)):
         return UpstreamTimeout("upstream stopped sending (read timeout)")
-    return UpstreamUnreachable(f"upstream stream broke: {_short(exc)}")
+    return UpstreamUnreachable(f"upstream stream broke: {short_reason(exc)}")
 
 
 # What ``read1`` raises: OSError from our client (TimeoutError, ssl.SSLError and ResponseBroken
