@@ -43,6 +43,15 @@ def openai_deployment(call: Call, model: str) -> Deployment:
     return deployment
 
 
+def post(call: Call, deployment: Deployment, suffix: str, body: bytes, *, stream: bool = False,
+         accept: str = "application/json", query: t.Mapping[str, str] | None = None) -> UpstreamResponse:
+    """POST to the deployment; an error status comes back as the client's error (raised)."""
+    response = call.client.post(deployment, suffix, body, query=query, stream=stream, accept=accept)
+    if response.status >= 400:
+        raise upstream_failure(response, deployment)
+    return response
+
+
 def upstream_failure(response: UpstreamResponse, deployment: Deployment) -> ApiError:
     """An upstream error status as the client's error: 4xx and 5xx keep their status and message.
 

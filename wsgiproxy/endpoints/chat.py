@@ -9,7 +9,6 @@ import typing as t
 import uuid
 
 from ..aicore.catalog import BEDROCK, OPENAI
-from ..aicore.transport import release
 from ..answers import Answer, json_answer, sse_answer
 from ..body import json_object, optional_bool, require_model
 from ..dialects import converse
@@ -17,7 +16,7 @@ from ..dialects.bedrock import ACCEPT
 from ..dialects.openai import ChatStream, chat_upstream_body, error_event
 from ..errors import ApiError, bad_request
 from ..streaming import RelayedStream
-from ._upstream import passthrough, pick_deployment, upstream_failure
+from ._upstream import passthrough, pick_deployment, post
 
 if t.TYPE_CHECKING:
     from ..aicore.catalog import Deployment
@@ -43,16 +42,9 @@ def chat_completions(call: Call) -> Answer:
 
 def _openai(call: Call, deployment: Deployment, body: dict[str, t.Any], raw: bytes, stream: bool) -> Answer:
     upstream_body, client_wants_usage = chat_upstream_body(body, raw)
-    response = call.client.post(
-        deployment,
-        "/chat/completions",
-        upstream_body,
-        query={"api-version": call.settings.api_version},
-        stream=stream,
-        accept="text/event-stream" if stream else "application/json",
-    )
-    if response.status >= 400:
-        raise upstream_failure(response, deployment)
+    response = post(call, deployment, "/chat/completions", upstream_body, stream=stream,
+                    accept="text/event-stream" if stream else "application/json",
+                    query={"api-version": call.settings.api_version})
     if not stream:
         return passthrough(response, call.record)
     return sse_answer(RelayedStream(response, ChatStream(client_wants_usage), error_event, call.record))
@@ -60,22 +52,13 @@ def _openai(call: Call, deployment: Deployment, body: dict[str, t.Any], raw: byt
 
 def _converse(call: Call, deployment: Deployment, body: dict[str, t.Any], model: str, stream: bool) -> Answer:
     upstream_body = json.dumps(converse.converse_request(body), ensure_ascii=False, separators=(",", ":")).encode()
-    response = call.client.post(
-        deployment,
-        "/converse-stream" if stream else "/converse",
-        upstream_body,
-        stream=stream,
-        # Why the binary event-stream: see wsgiproxy.dialects.bedrock.ACCEPT.
-        accept=ACCEPT if stream else "application/json",
-    )
-    if response.status >= 400:
-        raise upstream_failure(response, deployment)
+    # Why the binary event-stream: see wsgiproxy.dialects.bedrock.ACCEPT.
+    response = post(call, deployment, "/converse-stream" if stream else "/converse", upstream_body, stream=stream,
+                    accept=ACCEPT if stream else "application/json")
     completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     if not stream:
-        raw = response.data
-        release(response)
         try:
-            answer = json.loads(raw)
+            answer = json.loads(response.data)
         except ValueError:
             raise ApiError(502, "SAP AI Core answered the Converse call with a body that is not JSON.",
                            code="upstream_error") from None

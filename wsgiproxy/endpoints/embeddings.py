@@ -7,7 +7,7 @@ import typing as t
 from ..answers import Answer
 from ..body import json_object, require_model
 from ..errors import bad_request
-from ._upstream import openai_deployment, passthrough, upstream_failure
+from ._upstream import openai_deployment, passthrough, post
 
 if t.TYPE_CHECKING:
     from . import Call
@@ -27,7 +27,5 @@ def embeddings(call: Call) -> Answer:
         raise bad_request("'encoding_format' must be 'float' or 'base64'.", param="encoding_format")
     deployment = openai_deployment(call, model)
     call.record.use(deployment)
-    response = call.client.post(deployment, "/embeddings", raw, query={"api-version": call.settings.api_version})
-    if response.status >= 400:
-        raise upstream_failure(response, deployment)
+    response = post(call, deployment, "/embeddings", raw, query={"api-version": call.settings.api_version})
     return passthrough(response, call.record)

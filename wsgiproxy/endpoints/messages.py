@@ -11,16 +11,13 @@ from __future__ import annotations
 import json
 import typing as t
 
-from werkzeug.wrappers import Response
-
-from ..aicore.transport import release
 from ..answers import Answer, json_answer, sse_answer
 from ..body import json_object, optional_bool, require_model
 from ..dialects import anthropic
 from ..dialects.bedrock import ACCEPT
 from ..errors import ApiError, bad_request
 from ..streaming import RelayedStream
-from ._upstream import pick_deployment, upstream_failure
+from ._upstream import pick_deployment, post
 
 if t.TYPE_CHECKING:
     from ..aicore.catalog import Deployment
@@ -43,30 +40,21 @@ def messages(call: Call) -> Answer:
     upstream_body = anthropic.invoke_body(body, call.environ.get("HTTP_ANTHROPIC_BETA"),
                                           adaptive_thinking=anthropic.knows_adaptive_thinking(deployment.model))
     call.record.use(deployment, streamed=stream)
-    response = call.client.post(
-        deployment,
-        "/invoke-with-response-stream" if stream else "/invoke",
-        upstream_body,
-        stream=stream,
-        accept=ACCEPT if stream else "application/json",
-    )
-    if response.status >= 400:
-        raise upstream_failure(response, deployment)
+    response = post(call, deployment, "/invoke-with-response-stream" if stream else "/invoke", upstream_body,
+                    stream=stream, accept=ACCEPT if stream else "application/json")
     if not stream:
-        raw = response.data
-        release(response)
-        answer = anthropic.message_response(raw, model)
+        answer = anthropic.message_response(response.data, model)
         call.record.tokens(*anthropic.usage_counts(answer.get("usage")))
         return json_answer(anthropic.to_json(answer))
     translator = anthropic.MessagesStream(model, response.headers.get("content-type"))
     return sse_answer(RelayedStream(response, translator, anthropic.error_event, call.record))
 
 
-def count_tokens(call: Call) -> Response:
+def count_tokens(call: Call) -> Answer:
     """An estimate: SAP AI Core has no token-counting endpoint (the method is in the dialect's docstring)."""
     body = json_object(call.body())
     model = require_model(body)
     if not isinstance(body.get("messages"), list):
         raise bad_request("'messages' must be an array of messages.", param="messages")
     claude_deployment(call, model)
-    return Response(json.dumps({"input_tokens": anthropic.count_tokens(body)}), content_type="application/json")
+    return json_answer(json.dumps({"input_tokens": anthropic.count_tokens(body)}).encode())
