@@ -95,34 +95,27 @@ def _header_items(headers: t.Any) -> t.Any:
     return headers
 
 
-def _request_header(name: str) -> Getter:
+def _last_named(name: str, items: t.Callable[[t.Any, t.Any, t.Any], t.Iterable[tuple[str, object]]]) -> Getter:
+    """The last of ``items`` whose key is ``name`` (any case), escaped; ``-`` when there is none."""
     def get(resp: t.Any, req: t.Any, environ: t.Any, request_time: t.Any) -> object:
         value: object = "-"
-        for key, item in _header_items(req.headers if hasattr(req, "headers") else req):
+        for key, item in items(resp, req, environ):
             if key.lower() == name:
                 value = item
         return _esc(value)
     return get
 
 
-def _response_header(name: str) -> Getter:
-    def get(resp: t.Any, req: t.Any, environ: t.Any, request_time: t.Any) -> object:
-        value: object = "-"
-        for key, item in _header_items(resp.headers):
-            if key.lower() == name:
-                value = item
-        return _esc(value)
-    return get
+def _request_headers(resp: t.Any, req: t.Any, environ: t.Any) -> t.Iterable[tuple[str, object]]:
+    return _header_items(req.headers if hasattr(req, "headers") else req)
 
 
-def _environ_variable(name: str) -> Getter:
-    def get(resp: t.Any, req: t.Any, environ: t.Any, request_time: t.Any) -> object:
-        value: object = "-"
-        for key, item in environ.items():
-            if key.lower() == name:
-                value = item
-        return _esc(value)
-    return get
+def _response_headers(resp: t.Any, req: t.Any, environ: t.Any) -> t.Iterable[tuple[str, object]]:
+    return _header_items(resp.headers)
+
+
+def _environ_items(resp: t.Any, req: t.Any, environ: t.Any) -> t.Iterable[tuple[str, object]]:
+    return t.cast("t.Iterable[tuple[str, object]]", environ.items())
 
 
 def _environ_value(key: str, default: object) -> Getter:
@@ -229,11 +222,11 @@ class FastAccessLogger(Logger):  # type: ignore[misc]  # gunicorn ships no type 
                 lowered = key.lower()
                 name, kind = lowered[1:-2], lowered[-2:]
                 if kind == "}i":
-                    plan[key] = _request_header(name)
+                    plan[key] = _last_named(name, _request_headers)
                 elif kind == "}o":
-                    plan[key] = _response_header(name)
+                    plan[key] = _last_named(name, _response_headers)
                 elif kind == "}e":
-                    plan[key] = _environ_variable(name)
+                    plan[key] = _last_named(name, _environ_items)
                 else:
                     plan[key] = _constant("-")
             elif key == "t":
