@@ -17,6 +17,7 @@ import http.client
 import itertools
 import json
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -27,6 +28,8 @@ import typing as t
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 GUNICORN_CONF = ROOT / "conf" / "gunicorn.conf.py"
@@ -492,3 +495,18 @@ class OpenStream:
         """Status 200 and exactly one final ``[DONE]``, read without error."""
         data = [event for _, event in self.events]
         return self.status == 200 and self.error is None and data.count("[DONE]") == 1 and data[-1] == "[DONE]"
+
+
+def unavailable(reason: str) -> t.NoReturn:
+    """Skip the test, or fail it under CI, which must run every test (.ci/run installs what they need)."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (under CI this test must run)", pytrace=False)
+    pytest.skip(reason)
+
+
+def required_tool(name: str, package: str, *also: str) -> str:
+    """A system tool's path (PATH, then ``also``), or :func:`unavailable`."""
+    path = shutil.which(name) or next((p for p in also if os.access(p, os.X_OK)), None)
+    if path is None:
+        unavailable(f"{name} not installed (Debian package {package}; .ci/run installs it)")
+    return path

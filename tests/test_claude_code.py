@@ -24,7 +24,7 @@ import typing as t
 from pathlib import Path
 
 import pytest
-from _stack import DEFAULT_KEY, ROOT, Server, Sim
+from _stack import DEFAULT_KEY, ROOT, Server, Sim, unavailable
 
 pytestmark = pytest.mark.integration
 
@@ -34,13 +34,6 @@ PREFIX = ROOT / ".run" / "npm"
 INSTALL_TIMEOUT = 120.0
 RUN_TIMEOUT = 60.0
 ANSWER = "Hello! This is anthropic--claude-4.5-sonnet on the SAP AI Core simulator"
-
-
-def _unavailable(reason: str) -> t.NoReturn:
-    """Skip, or fail under CI=true: CI must run these tests."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason} (CI=true: the Claude Code acceptance tests must run)", pytrace=False)
-    pytest.skip(reason)
 
 
 def _installed() -> Path | None:
@@ -71,7 +64,7 @@ def _install() -> Path:
     """Install the pinned Claude Code into PREFIX once per machine; returns its ``claude`` command."""
     for name in ("node", "npm"):
         if shutil.which(name) is None:
-            _unavailable(f"{name} not found on PATH: cannot install {PACKAGE}")
+            unavailable(f"{name} not found on PATH: cannot install {PACKAGE}")
     PREFIX.mkdir(parents=True, exist_ok=True)
     with open(PREFIX.parent / "npm.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # parallel sessions on one checkout install once
@@ -89,12 +82,12 @@ def _install() -> Path:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.pid, signal.SIGKILL)
                 process.wait(10)
-                _unavailable(f"npm install {PACKAGE} did not finish within {INSTALL_TIMEOUT:.0f}s (log: {log})")
+                unavailable(f"npm install {PACKAGE} did not finish within {INSTALL_TIMEOUT:.0f}s (log: {log})")
         if code != 0:
-            _unavailable(f"npm install {PACKAGE} failed ({code}): {_npm_error(log.read_text(errors='replace'))}")
+            unavailable(f"npm install {PACKAGE} failed ({code}): {_npm_error(log.read_text(errors='replace'))}")
         command = _installed()
         if command is None:
-            _unavailable(f"npm install {PACKAGE} succeeded but left no native claude binary in {PREFIX} "
+            unavailable(f"npm install {PACKAGE} succeeded but left no native claude binary in {PREFIX} "
                          f"(postinstall skipped? log: {log})")
         return command
 

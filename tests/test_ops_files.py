@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -11,19 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from _stack import required_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "conf" / "systemd" / "wsgiproxy.service"
-
-
-def required_tool(name: str, package: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        reason = f"{name} not installed (Debian package {package}; .ci/run installs it)"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return path
 
 
 def unit_settings(text: str) -> dict[str, list[str]]:

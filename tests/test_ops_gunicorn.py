@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -26,6 +25,7 @@ from _stack import (
     child_pids,
     connection_owners,
     http_request,
+    required_tool,
 )
 
 KEY = "sk-wsgiproxy-test-key"
@@ -33,17 +33,6 @@ CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "Say hello"}
 STREAM = dict(CHAT, stream=True)
 
 pytestmark = pytest.mark.integration
-
-
-def promtool() -> str:
-    """The promtool binary; skipped (failed under CI, where .ci/run installs it) when missing."""
-    path = shutil.which("promtool")
-    if path is None:
-        reason = "promtool not installed (Debian package 'prometheus'; .ci/run installs it)"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return path
 
 
 def scrape(server: Server) -> str:
@@ -119,7 +108,8 @@ def test_metrics_sum_exactly_across_three_workers(stack: Stack, tmp_path: Path) 
     assert sample(text, "wsgiproxy_workers") == 3
     assert sample(text, "wsgiproxy_requests_in_flight") == 1  # this scrape
     assert 1 <= sample(text, "wsgiproxy_token_refreshes_total", result="ok") <= 3
-    result = subprocess.run([promtool(), "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
+    promtool = required_tool("promtool", "prometheus")
+    result = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stdout + result.stderr
 
     assert len(owners) >= 2, f"every stream went to one worker: {owners}"

@@ -11,30 +11,19 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import socket
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
-from _stack import ROOT, Managed, OpenStream, Stack, free_port, http_request, tail, wait_for_http
+from _stack import ROOT, Managed, OpenStream, Stack, free_port, http_request, required_tool, tail, wait_for_http
 
 KEY = "sk-wsgiproxy-test-key"
 STREAM = {"model": "gpt-4o", "stream": True, "messages": [{"role": "user", "content": "Count to ten"}]}
 SHIPPED = ROOT / "conf" / "nginx" / "wsgiproxy.conf"
 
 pytestmark = pytest.mark.integration
-
-
-def nginx_binary() -> str:
-    path = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.access(p, os.X_OK)), None)
-    if path is None:
-        reason = "nginx not installed (Debian package nginx-light; .ci/run installs it)"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return path
 
 
 def nginx_config(upstreams: list[str], port: int, prefix: Path) -> str:
@@ -54,7 +43,7 @@ def nginx_config(upstreams: list[str], port: int, prefix: Path) -> str:
 
 
 def start_nginx(tmp_path: Path, upstreams: list[str]) -> tuple[Managed, str]:
-    binary = nginx_binary()
+    binary = required_tool("nginx", "nginx-light", "/usr/sbin/nginx")
     prefix = tmp_path / "nginx"
     prefix.mkdir()
     port = free_port()
