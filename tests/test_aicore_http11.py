@@ -8,6 +8,7 @@ import zlib
 import pytest
 
 from wsgiproxy.aicore.http11 import Headers, Response, ResponseBroken, parse_head
+from wsgiproxy.deadlines import Deadlines
 
 
 class ScriptedSocket:
@@ -25,6 +26,9 @@ class ScriptedSocket:
         piece = self.pieces.pop(0)
         assert len(piece) <= size
         return piece
+
+    def settimeout(self, seconds: float | None) -> None:
+        pass
 
     def close(self) -> None:
         self.closed = True
@@ -56,7 +60,7 @@ def open_response(message: bytes, pieces: list[bytes] | None = None, method: str
     rest = message[end + 4:]
     sock = ScriptedSocket(pieces if pieces is not None else ([rest] if rest else []))
     origin = FakeOrigin()
-    response._attach(sock, origin, b"", method)  # type: ignore[arg-type]
+    response._attach(sock, origin, b"", method, Deadlines(), 60.0)  # type: ignore[arg-type]
     return response, sock, origin
 
 
@@ -105,7 +109,7 @@ def test_head_and_body_in_one_receive_need_no_more_reads() -> None:
     end = message.find(b"\r\n\r\n")
     response = parse_head(message[:end])
     sock, origin = ScriptedSocket([]), FakeOrigin()
-    response._attach(sock, origin, message[end + 4:], "POST")  # type: ignore[arg-type]
+    response._attach(sock, origin, message[end + 4:], "POST", Deadlines(), 60.0)  # type: ignore[arg-type]
     assert response.data == b"hello" and response.data == b"hello"
     assert sock.reads == 0 and origin.given_back == [sock]
 

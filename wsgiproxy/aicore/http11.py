@@ -11,6 +11,10 @@ fails, or the socket ends before the first response byte) the request is sent on
 connection: the request never reached the application. Nothing is re-sent once a response byte
 arrived or on a timeout. A new connection that cannot be opened is tried once more.
 
+Under gevent the sockets are blocking and each wait (the send and the response head; every body
+read) is bounded by the pool's :class:`~wsgiproxy.deadlines.Deadlines`, not by a gevent Timeout
+per wait; with plain threads the same calls set the socket timeout.
+
 Errors are raised as :class:`~wsgiproxy.errors.UpstreamUnreachable` and
 :class:`~wsgiproxy.errors.UpstreamTimeout` while sending and waiting for the head (and reading a
 non-streamed body). A streamed body's :meth:`Response.read1` raises ``OSError``: ``TimeoutError``
@@ -29,6 +33,7 @@ import typing as t
 import zlib
 from urllib.parse import quote, urlsplit
 
+from ..deadlines import Deadlines
 from ..errors import UpstreamTimeout, UpstreamUnreachable
 
 READ_SIZE = 65536
@@ -139,7 +144,7 @@ class Response:
     """
 
     __slots__ = ("status", "reason", "version", "headers", "_sock", "_origin", "_buf", "_mode", "_left",
-                 "_keep", "_done", "_data", "_decoder")
+                 "_keep", "_done", "_data", "_decoder", "_deadlines", "_timeout")
 
     def __init__(self, status: int, reason: str, version: int, headers: Headers) -> None:
         self.status = status
@@ -155,11 +160,16 @@ class Response:
         self._done = True
         self._data: bytes | None = None
         self._decoder: t.Any = None
+        self._deadlines: Deadlines | None = None
+        self._timeout: float | None = None
 
-    def _attach(self, sock: socket.socket, origin: Origin, rest: bytes, method: str) -> None:
+    def _attach(self, sock: socket.socket, origin: Origin, rest: bytes, method: str, deadlines: Deadlines,
+                timeout: float) -> None:
         """Own ``sock`` (and the origin's slot) and work out how the body is framed."""
         self._sock = sock
         self._origin = origin
+        self._deadlines = deadlines
+        self._timeout = timeout
         self._buf = rest
         get = dict.get
         headers = self.headers
@@ -201,6 +211,7 @@ class Response:
         receive = not self._buf
         while True:  # every pass reads at least one byte from the socket, or ends the body
             if receive:
+                self._deadlines.arm(sock, self._timeout)  # type: ignore[union-attr]
                 data = sock.recv(amt)
                 if not data:
                     return self._eof()
@@ -307,6 +318,7 @@ class Response:
         self._sock = self._origin = None
         if sock is None or origin is None:
             return
+        self._deadlines.disarm(sock)  # type: ignore[union-attr]
         if self._keep and not self._buf:
             origin.give_back(sock)
         else:
@@ -324,6 +336,7 @@ class Response:
         sock, origin = self._sock, self._origin
         self._sock = self._origin = None
         if sock is not None:
+            self._deadlines.disarm(sock)  # type: ignore[union-attr]
             try:
                 sock.close()
             finally:
@@ -492,6 +505,7 @@ class Pool:
         self.pid = os.getpid()
         self.origins: dict[str, Origin] = {}
         self._tls: ssl.SSLContext | None = None
+        self.deadlines = Deadlines()
 
     def request(
         self,
@@ -564,8 +578,9 @@ class Pool:
         """Send the request on ``sock`` and read the response head; ``sock`` is closed on failure."""
         buf = b""
         received = False
+        deadlines = self.deadlines
         try:
-            sock.settimeout(read_timeout)
+            deadlines.arm(sock, read_timeout)
             sock.sendall(head)
             if tail:
                 sock.sendall(tail)
@@ -587,17 +602,20 @@ class Pool:
                 if 100 <= response.status < 200 and response.status != 101:
                     buf = buf[start:]  # an interim answer (100 Continue, 103 Early Hints): the real one follows
                     continue
-                response._attach(sock, origin, buf[start:], method)
+                response._attach(sock, origin, buf[start:], method, deadlines, read_timeout)
                 return response
         except _Stale:
+            deadlines.disarm(sock)
             sock.close()
             raise
         except OSError as exc:
+            deadlines.disarm(sock)
             sock.close()
             if not received and not fresh and _closed_while_idle(exc):
                 raise _Stale from None
             raise _failure(exc, origin, f"{origin.label} did not answer in time") from exc
         except BaseException:
+            deadlines.disarm(sock)
             sock.close()
             raise
 
@@ -620,6 +638,7 @@ class Pool:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if origin.tls:
                 sock = self._tls_context().wrap_socket(sock, server_hostname=origin.host)
+            self.deadlines.adopt(sock)
         except OSError as exc:
             sock.close()
             raise _failure(exc, origin, f"connecting to {origin.label} timed out") from exc

@@ -1,0 +1,128 @@
+"""wsgiproxy.deadlines: waits on gevent sockets end at their deadline without a gevent Timeout per wait.
+
+The gevent cases run in a child interpreter (this test process is not monkey-patched).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import textwrap
+
+from wsgiproxy.deadlines import Deadlines
+
+_GEVENT_SCRIPT = textwrap.dedent("""
+    from gevent import monkey
+    monkey.patch_all()
+    import json, socket, time
+    import gevent
+    from wsgiproxy.deadlines import TICK, Deadlines
+    from wsgiproxy.aicore.http11 import Pool
+    from wsgiproxy.errors import UpstreamTimeout
+
+    out = {}
+    deadlines = Deadlines()
+    a, b = socket.socketpair()
+    deadlines.adopt(a)
+    out["blocking"] = a.gettimeout() is None
+
+    # a wait past its deadline raises TimeoutError, about on time
+    deadlines.arm(a, 0.3)
+    start = time.monotonic()
+    try:
+        a.recv(10)
+        out["expired"] = "no"
+    except TimeoutError:
+        out["expired"] = round(time.monotonic() - start, 2)
+    out["forgotten_after_expiry"] = len(deadlines)
+
+    # re-arming before each read extends the deadline; data before it is read normally
+    def trickle():
+        for _ in range(4):
+            gevent.sleep(0.15)
+            b.sendall(b"x")
+    writer = gevent.spawn(trickle)
+    got = b""
+    for _ in range(4):
+        deadlines.arm(a, 0.4)
+        got += a.recv(10)
+    writer.join()
+    out["trickled"] = got.decode()
+
+    # disarmed: no deadline at all (bounded here by gevent's own timeout)
+    deadlines.arm(a, 0.2)
+    deadlines.disarm(a)
+    try:
+        with gevent.Timeout(0.6):
+            a.recv(10)
+        out["disarmed"] = "data?"
+    except gevent.Timeout:
+        out["disarmed"] = "waited"
+
+    # a deadline that passes while nobody waits is applied to the next wait, then dropped
+    deadlines.arm(a, 0.1)
+    time.sleep(0.35)  # blocks the hub: the sweeper runs only afterwards
+    start = time.monotonic()
+    try:
+        a.recv(10)
+        out["late_wait"] = "no"
+    except TimeoutError:
+        out["late_wait"] = round(time.monotonic() - start, 2)
+    out["left"] = len(deadlines)
+    a.close()
+    b.close()
+
+    # the upstream client: a server that accepts and never answers is a 504-style UpstreamTimeout
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    pool = Pool(4, 5.0, None)
+    start = time.monotonic()
+    try:
+        pool.request("POST", "http://127.0.0.1:%d/x" % listener.getsockname()[1], {}, b"{}", 2.0, 0.5, False)
+        out["upstream"] = "answered?"
+    except UpstreamTimeout as exc:
+        out["upstream"] = [str(exc), round(time.monotonic() - start, 2)]
+    out["pool_deadlines_left"] = len(pool.deadlines)
+    listener.close()
+    out["tick"] = TICK
+    print(json.dumps(out))
+""")
+
+
+def test_gevent_waits_end_at_their_deadline() -> None:
+    done = subprocess.run([sys.executable, "-c", _GEVENT_SCRIPT], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    tick = out["tick"]
+    assert out["blocking"] is True
+    assert 0.3 <= out["expired"] <= 0.3 + tick + 0.3
+    assert out["forgotten_after_expiry"] == 0
+    assert out["trickled"] == "xxxx"  # 0.15 s gaps under a 0.4 s per-read deadline: no timeout
+    assert out["disarmed"] == "waited"
+    assert out["late_wait"] <= tick + 0.3  # the overdue deadline ends the next wait at the next sweep
+    assert out["left"] == 0
+    message, elapsed = out["upstream"]
+    assert "did not answer in time" in message
+    assert 0.5 <= elapsed <= 0.5 + tick + 0.5
+    assert out["pool_deadlines_left"] == 0
+
+
+def test_without_gevent_the_socket_timeout_is_set() -> None:
+    deadlines = Deadlines()
+    a, b = socket.socketpair()
+    with a, b:
+        deadlines.arm(a, 0.2)
+        assert a.gettimeout() == 0.2
+        assert len(deadlines) == 0  # no sweeper, no entry: the kernel enforces it
+        try:
+            a.recv(1)
+            raise AssertionError("recv should time out")
+        except TimeoutError:
+            pass
+        deadlines.arm(a, None)
+        assert a.gettimeout() is None
+        deadlines.adopt(a)  # a plain socket is left as it is
+        assert a.gettimeout() is None
