@@ -10,6 +10,7 @@
 # | WSGIPROXY_BIND                | bind                | 0.0.0.0:3001 (comma-separate several)   |
 # | WSGIPROXY_BACKLOG             | backlog             | 2048                                    |
 # | WSGIPROXY_WORKERS             | workers             | $WEB_CONCURRENCY, else 2 x cores + 1    |
+# | WSGIPROXY_WORKER_CLASS        | worker_class        | servers.gevent_worker.LeanGeventWorker  |
 # | WSGIPROXY_WORKER_CONNECTIONS  | worker_connections  | 1000                                    |
 # | WSGIPROXY_TIMEOUT             | timeout             | 60 (worker heartbeat, not a deadline)   |
 # | WSGIPROXY_GRACEFUL_TIMEOUT    | graceful_timeout    | 120 (stream drain on TERM and HUP)      |
@@ -25,7 +26,7 @@
 # | WSGIPROXY_FORWARDED_ALLOW_IPS | forwarded_allow_ips | 127.0.0.1,::1                           |
 # | PROMETHEUS_MULTIPROC_DIR      | (metrics directory) | <worker tmp dir>/wsgiproxy-metrics-<pid> |
 #
-# The worker class is always gevent: this file monkey-patches for it. The file is executed
+# The worker class is always a gevent one: this file monkey-patches for it. The file is executed
 # again on every HUP, so it must stay free of side effects other than the patch (idempotent).
 
 from gevent import monkey
@@ -107,7 +108,12 @@ forwarded_allow_ips = _env("WSGIPROXY_FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
 
 # --- workers -----------------------------------------------------------------------------
 workers = _env_int("WSGIPROXY_WORKERS", _env_int("WEB_CONCURRENCY", 2 * _cores() + 1, minimum=1), minimum=1)
-worker_class = "gevent"
+# The lean gevent worker (servers/gevent_worker.py) serves HTTP/1.x with a fraction of the stock
+# worker's CPU per request; "gevent" selects gunicorn's own (needed for HTTP/2 or the PROXY protocol).
+worker_class = _env("WSGIPROXY_WORKER_CLASS", "servers.gevent_worker.LeanGeventWorker")
+if worker_class not in ("gevent", "servers.gevent_worker.LeanGeventWorker"):
+    raise SystemExit(f"gunicorn.conf.py: WSGIPROXY_WORKER_CLASS={worker_class!r}: expected "
+                     "servers.gevent_worker.LeanGeventWorker or gevent (this file patches for gevent)")
 worker_connections = _env_int("WSGIPROXY_WORKER_CONNECTIONS", 1000, minimum=1)
 # Each stream counts as one request, and a recycled worker cuts its streams after
 # graceful_timeout: leave recycling off unless memory grows (ops-notes §1.5).

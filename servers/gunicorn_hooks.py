@@ -131,13 +131,17 @@ def route_app_logs_to_gunicorn() -> None:
     app_log.propagate = False
 
 
+def _worker_kind(worker_class: str) -> str:
+    return "gevent (lean HTTP/1.1)" if worker_class.endswith("gevent_worker.LeanGeventWorker") else worker_class
+
+
 def when_ready(server: Arbiter) -> None:
     cfg = server.cfg
     listeners = ", ".join(str(listener) for listener in server.LISTENERS) or "(none)"
     server.log.info(
         "wsgiproxy: listening on %s; %d %s worker(s) x %d connections; timeout %ss, "
         "graceful_timeout %ss, preload_app %s",
-        listeners, server.num_workers, cfg.worker_class_str, cfg.worker_connections,
+        listeners, server.num_workers, _worker_kind(cfg.worker_class_str), cfg.worker_connections,
         cfg.timeout, cfg.graceful_timeout, cfg.preload_app,
     )
 

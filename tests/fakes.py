@@ -84,3 +84,40 @@ class FakeTransport:
 
     def calls(self) -> list[Sent]:
         return [s for s in self.sent if not s.url.endswith("/oauth/token")]
+
+
+# --------------------------------------------------------------------------------------------
+# A WSGI app for the HTTP server tests (tests/test_gevent_worker.py); gunicorn imports it as
+# ``tests.fakes:wsgi_app``. Any other path echoes the request: JSON of ECHO_KEYS, the HTTP_*
+# variables and the body it read.
+
+ECHO_KEYS = ("REQUEST_METHOD", "PATH_INFO", "RAW_URI", "QUERY_STRING", "SERVER_PROTOCOL", "SERVER_NAME",
+             "SERVER_PORT", "REMOTE_ADDR", "CONTENT_LENGTH", "CONTENT_TYPE", "wsgi.url_scheme")
+STREAM_CHUNKS = (b"first\n", b"second\n", b"third\n")
+
+
+def wsgi_app(environ: dict[str, t.Any], start_response: t.Callable[..., t.Any]) -> t.Iterable[bytes]:
+    path = environ["PATH_INFO"]
+    if path == "/stream":  # no Content-Length: chunked for HTTP/1.1
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return iter(STREAM_CHUNKS)
+    if path == "/no-content":  # never reads the request body
+        start_response("204 No Content", [("X-Route", "no-content")])
+        return []
+    if path == "/fail-before":
+        raise RuntimeError("the app failed before start_response")
+    if path == "/fail-after":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return _fail_after_first_chunk()
+    body = environ["wsgi.input"].read()
+    payload = {key: environ.get(key) for key in ECHO_KEYS}
+    payload["headers"] = {key: value for key, value in environ.items() if key.startswith("HTTP_")}
+    payload["body"] = body.decode("latin-1")
+    data = json.dumps(payload).encode()
+    start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
+    return [data]
+
+
+def _fail_after_first_chunk() -> t.Iterator[bytes]:
+    yield STREAM_CHUNKS[0]
+    raise RuntimeError("the app failed after its first chunk")

@@ -124,7 +124,7 @@ def test_metrics_sum_exactly_across_three_workers(stack: Stack, tmp_path: Path) 
     assert any("429" in line and line.endswith("rid=rl-1") for line in proxy.output().splitlines())
     log = proxy.output()
     port = proxy.url.rsplit(":", 1)[1]
-    assert re.search(rf"listening on http://127\.0\.0\.1:{port}; 3 gevent worker", log), log[-2000:]
+    assert re.search(rf"listening on http://127\.0\.0\.1:{port}; 3 gevent \(lean HTTP/1\.1\) worker", log), log[-2000:]
     assert "prometheus multiprocess mode in" in log
 
 

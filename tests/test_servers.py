@@ -103,7 +103,7 @@ def test_gunicorn_check_config_and_resolved_settings(stack: Stack) -> None:
     assert result.returncode == 0, result.stderr
     settings = dict(re.findall(r"^(\w+)\s*=\s*(.*)$", result.stdout, re.MULTILINE))
     expected = {
-        "bind": "['0.0.0.0:3001']", "backlog": "2048", "worker_class": "gevent", "worker_connections": "1000",
+        "bind": "['0.0.0.0:3001']", "backlog": "2048", "worker_class": "servers.gevent_worker.LeanGeventWorker", "worker_connections": "1000",
         "timeout": "60", "graceful_timeout": "120", "keepalive": "5", "proc_name": "wsgiproxy",
         "preload_app": "True", "control_socket_disable": "True", "pidfile": "None", "accesslog": "-",
         "errorlog": "-", "loglevel": "info", "max_requests": "0",
