@@ -13,8 +13,9 @@ Targets, all up at once and measured point by point in turn (so machine noise hi
 * ``floor``: the same gunicorn command and conf serving the upstream's answers from a static WSGI
   app (``floor_app.py``): what the server itself costs, so the proxy's own share is measurable;
 * ``proxy``: ``gunicorn -c conf/gunicorn.conf.py wsgiproxy:app`` with one gevent worker and the
-  shipped defaults (access log to stdout, here a file); in a full run also ``proxy-nolog`` with
-  ``WSGIPROXY_ACCESSLOG=off``.
+  shipped defaults (access log to stdout, here a file); in a full run also ``floor-stock`` and
+  ``proxy-stock``, the same with gunicorn's stock gevent worker (``WSGIPROXY_WORKER_CLASS=gevent``)
+  instead of the shipped lean one; ``--targets proxy-nolog`` runs the proxy with the access log off.
 
 Pinning (2 cores): the proxy, or the nginx ceiling, alone on core 0; the load generators and the
 fake upstream share core 1. Non-streaming load is wrk (1 thread, keep-alive, POST via post.lua)
@@ -196,25 +197,16 @@ class Bench:
             target.find_workers()
             self.targets["nginx"] = target
         config = T.write_proxy_config(self.scratch / "proxy-config", up_url)
-        if "floor" in names:
-            server = T.start_proxy(self.scratch / "floor", config, PROXY_CPU, worker_connections=1200,
-                                   app="tests.bench.floor_app:app")
-            self.started.append(server)
-            target = T.Target("floor", server.url, "/v1/chat/completions", "/v1/chat/completions", b"", b"",
-                              master=server, note="the same gunicorn command and conf serving a static answer "
-                              "(tests/bench/floor_app.py): the server's own cost, no proxying")
-            target.find_workers()
-            self.targets["floor"] = target
         for name in names:
-            if not name.startswith("proxy"):
+            if name not in VARIANTS:
                 continue
-            extra = {"WSGIPROXY_ACCESSLOG": "off"} if name == "proxy-nolog" else {}
-            kwargs = {"conf": proxy_conf} if proxy_conf else {}
+            extra, note = VARIANTS[name]
+            kwargs: dict[str, t.Any] = {"conf": proxy_conf} if proxy_conf else {}
+            if name.startswith("floor"):
+                kwargs["app"] = "tests.bench.floor_app:app"
             server = T.start_proxy(self.scratch / name, config, PROXY_CPU, worker_connections=1200,
                                    extra_env=extra, **kwargs)
             self.started.append(server)
-            note = "gunicorn, 1 gevent worker, shipped conf" + (", access log off" if extra else
-                                                                 ", access log on (stdout to a file)")
             target = T.Target(name, server.url, "/v1/chat/completions", "/v1/chat/completions", b"", b"",
                               master=server, note=note)
             target.find_workers()
@@ -495,8 +487,20 @@ def markdown(report: dict[str, t.Any]) -> str:
     return "\n".join(lines)
 
 
+_STOCK = {"WSGIPROXY_WORKER_CLASS": "gevent"}
+# The gunicorn targets: extra environment, and what each one is.
+VARIANTS: dict[str, tuple[dict[str, str], str]] = {
+    "floor": ({}, "the same gunicorn command and conf serving a static answer (tests/bench/floor_app.py): "
+                  "the server's own cost, no proxying"),
+    "floor-stock": (_STOCK, "floor with gunicorn's stock gevent worker (WSGIPROXY_WORKER_CLASS=gevent)"),
+    "proxy": ({}, "gunicorn, 1 gevent worker, shipped conf, access log on (stdout to a file)"),
+    "proxy-stock": (_STOCK, "proxy with gunicorn's stock gevent worker (WSGIPROXY_WORKER_CLASS=gevent)"),
+    "proxy-nolog": ({"WSGIPROXY_ACCESSLOG": "off"}, "gunicorn, 1 gevent worker, shipped conf, access log off"),
+}
+
+
 def _order(name: str) -> int:
-    order = ["direct", "nginx", "floor", "proxy", "proxy-nolog"]
+    order = ["direct", "nginx", "floor", "floor-stock", "proxy", "proxy-stock", "proxy-nolog"]
     return order.index(name) if name in order else 9
 
 
@@ -519,7 +523,8 @@ def main(argv: t.Sequence[str] | None = None) -> int:
     group.add_argument("--soak", action="store_true", help="100k requests through the proxy, RSS sampled")
     group.add_argument("--profile", action="store_true", help="py-spy the proxy worker under load")
     parser.add_argument("--requests", type=int, default=100_000, help="soak: requests in a row")
-    parser.add_argument("--targets", default="", help="comma-separated subset of direct,nginx,floor,proxy,proxy-nolog")
+    parser.add_argument("--targets", default="", help="comma-separated subset of direct,nginx,"
+                        + ",".join(VARIANTS))
     parser.add_argument("--results", default=str(RESULTS), help="directory for <mode>.json and <mode>.md")
     args = parser.parse_args(argv)
     preflight()
@@ -534,7 +539,7 @@ def main(argv: t.Sequence[str] | None = None) -> int:
     elif args.soak or args.profile:
         names = ["proxy"]
     else:
-        names = ["direct", "nginx", "floor", "proxy"] + (["proxy-nolog"] if mode.extra_proxy else [])
+        names = ["direct", "nginx", "floor", "proxy"] + (["floor-stock", "proxy-stock"] if mode.extra_proxy else [])
     report: dict[str, t.Any] = {"mode": mode_name, "environment": environment()}
     bench = Bench(mode, scratch)
     begin = time.monotonic()
