@@ -2,50 +2,82 @@
 
 from __future__ import annotations
 
-import io
 import json
 import typing as t
 from dataclasses import dataclass, field
 
-import urllib3
+from wsgiproxy.aicore.http11 import Headers
 
 
-def response(status: int = 200, body: bytes | dict | str = b"", headers: dict[str, str] | None = None,
-             stream: bool = False) -> urllib3.HTTPResponse:
+class FakeResponse:
+    """An upstream response that behaves as :class:`wsgiproxy.aicore.http11.Response`, from prepared pieces.
+
+    ``read1`` hands out one piece per call (at most ``amt`` bytes of it), then ``b""``; with
+    ``error`` given, that error is raised where the end would be, as the real client raises
+    ``TimeoutError`` on a read timeout and :class:`~wsgiproxy.aicore.http11.ResponseBroken` when
+    the stream breaks. ``headers`` has lowercase names and a ``get`` that also finds mixed-case
+    ones, like the real one's. ``discarded`` tells that the response was closed before its end
+    (its connection would never be reused); ``done`` that it was read to its end.
+    """
+
+    def __init__(self, status: int = 200, pieces: t.Iterable[bytes] = (), headers: t.Mapping[str, str] | None = None,
+                 error: BaseException | None = None) -> None:
+        self.status = status
+        self.headers = Headers({name.lower(): value for name, value in (headers or {}).items()})
+        self.pieces = [piece for piece in pieces if piece]  # b"" would read as the end
+        self.error = error
+        self.done = False
+        self.discarded = False
+        self._data: bytes | None = None
+
+    @property
+    def data(self) -> bytes:
+        """The whole body (read on first use, then kept)."""
+        if self._data is None:
+            parts = []
+            while chunk := self.read1():
+                parts.append(chunk)
+            self._data = b"".join(parts)
+        return self._data
+
+    def read1(self, amt: int = 65536, /) -> bytes:
+        if self.done or self.discarded:
+            return b""
+        if self.pieces:
+            piece = self.pieces[0]
+            if len(piece) <= amt:
+                return self.pieces.pop(0)
+            self.pieces[0] = piece[amt:]
+            return piece[:amt]
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+        self.done = True
+        return b""
+
+    def release_conn(self) -> None:
+        """A no-op once read to the end; a partly read response is closed, as the real one is."""
+        if not self.done:
+            self.close()
+
+    def close(self) -> None:
+        if not self.done:
+            self.discarded = True
+
+
+def response(status: int = 200, body: bytes | dict | str = b"", headers: dict[str, str] | None = None) -> FakeResponse:
+    """A response whose body (a dict is sent as JSON) comes in one piece."""
     if isinstance(body, dict):
         body = json.dumps(body).encode()
     elif isinstance(body, str):
         body = body.encode()
-    return urllib3.HTTPResponse(body=io.BytesIO(body), status=status, headers=headers or {},
-                                preload_content=not stream)
+    return FakeResponse(status, [body] if body else [], headers)
 
 
-class ChunkedBody(io.RawIOBase):
-    """A body whose reads return the given pieces one at a time, then EOF or an error."""
-
-    def __init__(self, pieces: list[bytes], error: BaseException | None = None) -> None:
-        self.pieces = list(pieces)
-        self.error = error
-        self.closed_by_client = False
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: t.Any) -> int:
-        if not self.pieces:
-            if self.error is not None:
-                raise self.error
-            return 0
-        piece = self.pieces.pop(0)
-        buffer[: len(piece)] = piece
-        return len(piece)
-
-    def read1(self, size: int = -1) -> bytes:
-        return self.read(size)
-
-    def close(self) -> None:
-        self.closed_by_client = True
-        super().close()
+def stream_response(pieces: t.Iterable[bytes], content_type: str = "text/event-stream",
+                    error: BaseException | None = None, status: int = 200) -> FakeResponse:
+    """A streamed response: one ``read1`` per piece, then the end or ``error``."""
+    return FakeResponse(status, pieces, {"content-type": content_type}, error)
 
 
 @dataclass
@@ -66,7 +98,7 @@ class FakeTransport:
     token_answer: t.Any = None
 
     def request(self, method: str, url: str, *, headers: t.Mapping[str, str], body: bytes | None,
-                connect_timeout: float, read_timeout: float, stream: bool) -> urllib3.BaseHTTPResponse:
+                connect_timeout: float, read_timeout: float, stream: bool) -> FakeResponse:
         self.sent.append(Sent(method, url, dict(headers), body, stream))
         if url.endswith("/oauth/token"):
             answer = self.token_answer or response(200, {"access_token": f"tok-{len(self.tokens())}",

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from werkzeug.test import Client
 
-from tests.fakes import FakeTransport, response
-from tests.test_proxy import AUTH, CHAT, COMPLETION, KEY, STREAM, settings, stream_response
+from tests.fakes import FakeTransport, response, stream_response
+from tests.test_proxy import AUTH, CHAT, COMPLETION, KEY, STREAM, settings
 from wsgiproxy.endpoints._upstream import usage_tokens
 from wsgiproxy.errors import UpstreamUnreachable
 from wsgiproxy.logs import RequestIdFilter, UsageLog

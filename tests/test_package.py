@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 import wsgiproxy
 
 
@@ -35,3 +37,15 @@ def test_bad_configuration_is_one_line_on_access() -> None:
     assert result.returncode == 1
     assert result.stderr.strip().startswith("wsgiproxy: configuration error: /nonexistent/config.json")
     assert result.stderr.strip().count("\n") == 0
+
+
+@pytest.mark.parametrize("gevent", [True, False], ids=["gevent", "threads"])
+def test_the_proxy_imports_no_urllib3(gevent: bool) -> None:
+    # urllib3 is for the tests and the simulator's clients; the proxy talks HTTP with aicore.http11.
+    code = ("import os, sys; os.environ['WSGIPROXY_CONFIG'] = '/nonexistent/config.json';"
+            + ("from gevent import monkey; monkey.patch_all();" if gevent else "")
+            + "import wsgiproxy.proxy;"
+            "print(sorted(m for m in sys.modules if m == 'urllib3' or m.startswith('urllib3.')))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

@@ -7,14 +7,14 @@ import json
 import typing as t
 
 import pytest
-from urllib3.exceptions import ProtocolError, ReadTimeoutError
 from werkzeug.test import Client
 
 from tests._stack import sse_data
-from tests.fakes import ChunkedBody, FakeTransport, response
-from wsgiproxy.proxy import create_app
+from tests.fakes import FakeTransport, response, stream_response
+from wsgiproxy.aicore.http11 import ResponseBroken
 from wsgiproxy.config import Credentials, Settings, SubAccount
 from wsgiproxy.errors import UpstreamTimeout, UpstreamUnreachable
+from wsgiproxy.proxy import create_app
 
 API = "https://api.example"
 KEY = "sk-test-key-123456"
@@ -122,15 +122,9 @@ STREAM = [
 ]
 
 
-def stream_response(pieces: list[bytes], error: BaseException | None = None) -> t.Any:
-    body = ChunkedBody(pieces, error)
-    resp = response(200, b"", {"Content-Type": "text/event-stream"}, stream=True)
-    resp._fp = body  # type: ignore[assignment]
-    return resp
-
-
 def test_chat_stream_relays_events_and_requests_usage() -> None:
-    transport = FakeTransport([stream_response(STREAM)])
+    upstream = stream_response(STREAM)
+    transport = FakeTransport([upstream])
     resp = client(transport).post("/v1/chat/completions", json={**CHAT, "stream": True}, headers=AUTH,
                                   buffered=False)
     assert resp.status_code == 200
@@ -145,6 +139,7 @@ def test_chat_stream_relays_events_and_requests_usage() -> None:
     sent = json.loads(transport.calls()[0].body)
     assert sent["stream_options"] == {"include_usage": True}
     assert transport.calls()[0].headers["Accept"] == "text/event-stream"
+    assert upstream.done and not upstream.discarded  # read to its end: the connection goes back
 
 
 def test_chat_stream_with_usage_requested_by_the_client() -> None:
@@ -157,20 +152,25 @@ def test_chat_stream_with_usage_requested_by_the_client() -> None:
 
 
 def test_upstream_failure_mid_stream_ends_with_an_error_event() -> None:
-    transport = FakeTransport([stream_response(STREAM[:2], ProtocolError("Connection broken"))])
+    upstream = stream_response(STREAM[:2], error=ResponseBroken("connection closed before the end of the body"))
+    transport = FakeTransport([upstream])
     resp = client(transport).post("/v1/chat/completions", json={**CHAT, "stream": True}, headers=AUTH, buffered=False)
     chunks = list(resp.response)
     resp.close()
     last = json.loads(chunks[-1][6:])
     assert last["error"]["code"] == "upstream_error" and b"[DONE]" not in b"".join(chunks)
+    assert "upstream stream broke" in last["error"]["message"]
+    assert upstream.discarded  # a broken stream's connection is never reused
 
 
 def test_upstream_timeout_mid_stream_ends_with_an_error_event() -> None:
-    transport = FakeTransport([stream_response(STREAM[:2], ReadTimeoutError(None, "/", "read timed out"))])
+    upstream = stream_response(STREAM[:2], error=TimeoutError("timed out"))  # what read1 raises on a read timeout
+    transport = FakeTransport([upstream])
     resp = client(transport).post("/v1/chat/completions", json={**CHAT, "stream": True}, headers=AUTH, buffered=False)
     chunks = list(resp.response)
     resp.close()
     assert "read timeout" in json.loads(chunks[-1][6:])["error"]["message"]
+    assert upstream.discarded
 
 
 def test_client_going_away_closes_the_upstream_response() -> None:
@@ -180,7 +180,7 @@ def test_client_going_away_closes_the_upstream_response() -> None:
     iterator = iter(resp.response)
     next(iterator)
     resp.close()  # what a WSGI server does when the client disconnects
-    assert upstream._fp.closed_by_client  # type: ignore[union-attr]
+    assert upstream.discarded
 
 
 @pytest.mark.parametrize(

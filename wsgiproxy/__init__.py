@@ -2,7 +2,7 @@
 
 ``wsgiproxy:app`` is the WSGI callable that gunicorn, waitress or any WSGI server runs. Both
 names are resolved on first access, so importing the package (or ``wsgiproxy.sim``) neither
-reads configuration nor imports urllib3 and ssl before gevent can patch them.
+reads configuration nor imports socket and ssl (the upstream client's) before gevent can patch them.
 """
 
 from __future__ import annotations

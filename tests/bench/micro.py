@@ -49,9 +49,7 @@ def _cases(package: str, workdir: str) -> dict[str, Case]:
     """Every case, each a function timing one request (or one pass of events) of ``package``."""
     import importlib
 
-    import urllib3
-
-    from tests.fakes import ChunkedBody
+    from tests.fakes import FakeResponse, response, stream_response
 
     def load(module: str) -> t.Any:
         return importlib.import_module(f"{package}.{module}")
@@ -67,12 +65,11 @@ def _cases(package: str, workdir: str) -> dict[str, Case]:
         """Hands out the prepared response; tokens are answered on the spot (and cached after one)."""
 
         def __init__(self) -> None:
-            self.next: urllib3.BaseHTTPResponse | None = None
+            self.next: FakeResponse | None = None
 
-        def request(self, method: str, url: str, **kw: t.Any) -> urllib3.BaseHTTPResponse:
+        def request(self, method: str, url: str, **kw: t.Any) -> FakeResponse:
             if url.endswith("/oauth/token"):
-                body = json.dumps({"access_token": "tok", "expires_in": 3600}).encode()
-                return urllib3.HTTPResponse(body=io.BytesIO(body), status=200, preload_content=True)
+                return response(200, {"access_token": "tok", "expires_in": 3600})
             answer, self.next = self.next, None
             assert answer is not None
             return answer
@@ -105,13 +102,11 @@ def _cases(package: str, workdir: str) -> dict[str, Case]:
         statuses.clear()
         return run
 
-    def json_response(body: bytes) -> t.Callable[[], urllib3.HTTPResponse]:
-        return lambda: urllib3.HTTPResponse(body=io.BytesIO(body), status=200,
-                                            headers={"content-type": "application/json"}, preload_content=True)
+    def json_response(body: bytes) -> t.Callable[[], FakeResponse]:
+        return lambda: response(200, body, {"content-type": "application/json"})
 
-    def stream_response(pieces: list[bytes], content_type: str) -> t.Callable[[], urllib3.HTTPResponse]:
-        return lambda: urllib3.HTTPResponse(body=ChunkedBody(pieces), status=200,
-                                            headers={"content-type": content_type}, preload_content=False)
+    def streamed(pieces: list[bytes], content_type: str) -> t.Callable[[], FakeResponse]:
+        return lambda: stream_response(pieces, content_type)
 
     completion = json.dumps({"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "gpt-4o",
                              "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello there"},
@@ -134,10 +129,10 @@ def _cases(package: str, workdir: str) -> dict[str, Case]:
             _environ("GET", "/v1/models/gpt-4o", **auth), b"", None),
         "chat stream, 20 events (µs/stream)": request_case(
             _environ("POST", "/v1/chat/completions", chat_stream, **auth), chat_stream,
-            stream_response(chat_events, "text/event-stream")),
+            streamed(chat_events, "text/event-stream")),
         "messages stream, 20 deltas (µs/stream)": request_case(
             _environ("POST", "/v1/messages", messages, **{"x-api-key": KEY}), messages,
-            stream_response(invoke_frames, "application/vnd.amazon.eventstream")),
+            streamed(invoke_frames, "application/vnd.amazon.eventstream")),
     }
 
     # Components on their own (calls that exist in both trees).

@@ -7,15 +7,13 @@ failures become :class:`~wsgiproxy.errors.UpstreamUnreachable` and
 
 Streamed responses are read with ``read1`` (each read hands over what arrived, so every event of
 a stream is relayed as it comes) and must be finished with :func:`release` or :func:`discard`.
-The functions here also accept urllib3 responses (the tests' fake transport returns those).
+The functions here take any :class:`UpstreamResponse` (the tests' fake transport returns its own).
 """
 
 from __future__ import annotations
 
 import os
 import typing as t
-
-from urllib3.exceptions import HTTPError, ReadTimeoutError
 
 from ..errors import UpstreamTimeout, UpstreamUnreachable
 from .http11 import READ_SIZE, Pool, Response, short_reason
@@ -28,7 +26,7 @@ class _Headers(t.Protocol):
 
 
 class UpstreamResponse(t.Protocol):
-    """What callers may use of an upstream response (ours, or urllib3's from a test double)."""
+    """What callers may use of an upstream response (:class:`~.http11.Response`, or a test double)."""
 
     @property
     def status(self) -> int: ...
@@ -100,14 +98,13 @@ def read_error(exc: BaseException) -> Exception:
     """Map an error raised while streaming a body (``read1``) like a request error."""
     if isinstance(exc, (UpstreamTimeout, UpstreamUnreachable)):
         return exc
-    if isinstance(exc, (TimeoutError, ReadTimeoutError)):
+    if isinstance(exc, TimeoutError):
         return UpstreamTimeout("upstream stopped sending (read timeout)")
     return UpstreamUnreachable(f"upstream stream broke: {short_reason(exc)}")
 
 
-# What ``read1`` raises: OSError from our client (TimeoutError, ssl.SSLError and ResponseBroken
-# included), urllib3's HTTPError from the tests' urllib3 responses.
-STREAM_ERRORS: tuple[type[BaseException], ...] = (OSError, HTTPError)
+# What ``read1`` raises: OSError (TimeoutError, ssl.SSLError and http11.ResponseBroken included).
+STREAM_ERRORS: tuple[type[BaseException], ...] = (OSError,)
 
 
 def release(response: _Closable) -> None:
