@@ -168,6 +168,7 @@ on_reload = gunicorn_hooks.on_reload
 when_ready = gunicorn_hooks.when_ready
 post_worker_init = gunicorn_hooks.post_worker_init
 worker_int = gunicorn_hooks.worker_int
+worker_exit = gunicorn_hooks.worker_exit
 worker_abort = gunicorn_hooks.worker_abort
 child_exit = gunicorn_hooks.child_exit
 on_exit = gunicorn_hooks.on_exit

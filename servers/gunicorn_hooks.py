@@ -10,6 +10,7 @@ when_ready         master  listening; before the first worker is forked
 on_reload          master  SIGHUP, after the config file was re-executed, before new workers
 post_worker_init   worker  after gevent patched and the app loaded
 worker_int         worker  SIGINT/SIGQUIT (quick shutdown)
+worker_exit        worker  after the worker's loop ended (stop, reload, max_requests)
 worker_abort       worker  SIGABRT: the master's WORKER TIMEOUT kill
 child_exit         master  after a worker was reaped, SIGKILLed ones included
 on_exit            master  last step of a shutdown
@@ -173,6 +174,16 @@ def post_worker_init(worker: Worker) -> None:
 
     worker_started()
     worker.log.debug("wsgiproxy: worker %s ready", worker.pid)
+
+
+def worker_exit(server: Arbiter, worker: Worker) -> None:
+    """The worker is exiting (stop, reload, max_requests): write the metrics it summed in memory."""
+    from wsgiproxy.metrics import flush_pending
+
+    try:
+        flush_pending()
+    except Exception as exc:
+        worker.log.warning("wsgiproxy: writing the metrics of worker %s failed: %r", worker.pid, exc)
 
 
 def worker_int(worker: Worker) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import typing as t
 from pathlib import Path
 
@@ -243,3 +244,113 @@ def test_usage_file_is_reopened_after_logrotate_moved_it(tmp_path: Path) -> None
     usage.close()
     assert len((tmp_path / "usage.log.1").read_text().splitlines()) == 1
     assert json.loads(path.read_text())["request_id"] == "r1"
+
+
+# --------------------------------------------------------------------------------------------
+# Multiprocess mode under gevent: sums kept in memory, written once a second (a child interpreter:
+# this test process is neither gevent-patched nor in multiprocess mode).
+
+_BATCH_SCRIPT = """
+from gevent import monkey
+monkey.patch_all()
+import json, os, sys, tempfile, time
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp()
+os.environ["WSGIPROXY_METRICS_FLUSH_SECONDS"] = sys.argv[1]
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+from wsgiproxy.metrics import BUCKETS, Metrics, flush_pending
+from wsgiproxy.record import RequestRecord
+
+def on_disk():
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)
+    return generate_latest(registry).decode()
+
+metrics = Metrics(["gpt-4o"])
+observed = []
+durations = [0.0, 0.01, 0.05, 0.0500001, 0.1, 0.3, 1.0, 59.9, 600.0, 601.0, 1e9]
+for i, seconds in enumerate(durations):
+    record = RequestRecord("r%d" % i, endpoint="chat", model="gpt-4o", status=200, prompt_tokens=2,
+                           completion_tokens=i)
+    record.first_byte = record.started + seconds / 2
+    record.ended = record.started + seconds
+    observed.append(record.ended - record.started)
+    metrics.request_started()
+    metrics.upstream_done("sub", "d1", 200, seconds)
+    metrics.request_done(record)
+out = {"batched": metrics._batch is not None, "before": on_disk()}
+if sys.argv[2] == "wait":
+    time.sleep(float(sys.argv[1]) * 2.5)
+    out["after_wait"] = on_disk()
+flush_pending()
+out["flushed"] = on_disk()
+metrics.request_started()
+out["rendered"] = metrics.render().decode()  # flushes first: the scrape counts itself in flight
+
+reference = CollectorRegistry()  # what one observe() per value writes
+from prometheus_client import Histogram
+upstream = Histogram("ref_upstream_seconds", "reference", buckets=BUCKETS, registry=reference)
+duration = Histogram("ref_duration_seconds", "reference", buckets=BUCKETS, registry=reference)
+for seconds, record_seconds in zip(durations, observed):
+    upstream.observe(seconds)  # exact bucket bounds (0.05, 0.1) included
+    duration.observe(record_seconds)
+out["reference"] = generate_latest(reference).decode()
+print(json.dumps(out))
+"""
+
+
+def _run_batch_script(flush_seconds: str, mode: str) -> dict[str, t.Any]:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _BATCH_SCRIPT, flush_seconds, mode], capture_output=True,
+                          text=True, timeout=60, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return t.cast("dict[str, t.Any]", json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def _samples(text: str, prefix: str) -> dict[str, float]:
+    found = {}
+    for line in text.splitlines():
+        if line.startswith(prefix):
+            name, value = line.rsplit(" ", 1)
+            found[name] = float(value)
+    return found
+
+
+def _histogram(text: str, metric: str, **labels: str) -> dict[str, float]:
+    """``{"bucket 0.05": n, ..., "count": n, "sum": x}`` of the series of ``metric`` with ``labels``."""
+    found = {}
+    for match in re.finditer(rf"^{metric}_(bucket|count|sum)(?:{{(.*?)}})? (\S+)$", text, re.MULTILINE):
+        pairs = dict(re.findall(r'(\w+)="([^"]*)"', match.group(2) or ""))
+        if all(pairs.get(k) == v for k, v in labels.items()):
+            key = match.group(1) + (f" {pairs['le']}" if "le" in pairs else "")
+            found[key] = float(match.group(3))
+    return found
+
+
+def test_multiprocess_sums_are_written_on_flush_and_match_one_write_per_value() -> None:
+    out = _run_batch_script("60", "flush")
+    assert out["batched"] is True
+    assert not any(_samples(out["before"], "wsgiproxy_requests_total{").values())  # summed in memory so far
+    flushed = out["flushed"]
+    assert _samples(flushed, "wsgiproxy_requests_total{") == {
+        'wsgiproxy_requests_total{endpoint="chat",model="gpt-4o",status="200"}': 11.0}
+    assert _samples(flushed, "wsgiproxy_tokens_total{") == {
+        'wsgiproxy_tokens_total{model="gpt-4o",type="completion"}': 55.0,
+        'wsgiproxy_tokens_total{model="gpt-4o",type="prompt"}': 22.0}
+    # every bucket and the sum exactly as observe() one value at a time gives them
+    reference = _histogram(out["reference"], "ref_upstream_seconds")
+    assert len(reference) == len(BUCKETS) + 3  # the buckets, +Inf, _count and _sum
+    assert _histogram(flushed, "wsgiproxy_upstream_latency_seconds", deployment="d1") == reference
+    assert _histogram(flushed, "wsgiproxy_request_duration_seconds", streamed="false") == _histogram(
+        out["reference"], "ref_duration_seconds")
+    assert _samples(flushed, "wsgiproxy_requests_in_flight") == {"wsgiproxy_requests_in_flight": 0.0}
+    assert _samples(out["rendered"], "wsgiproxy_requests_in_flight") == {"wsgiproxy_requests_in_flight": 1.0}
+
+
+def test_multiprocess_sums_are_written_by_the_flusher_without_a_scrape() -> None:
+    out = _run_batch_script("0.2", "wait")
+    assert not any(_samples(out["before"], "wsgiproxy_requests_total{").values())
+    assert _samples(out["after_wait"], "wsgiproxy_requests_total{") == {
+        'wsgiproxy_requests_total{endpoint="chat",model="gpt-4o",status="200"}': 11.0}

@@ -128,6 +128,20 @@ def test_metrics_sum_exactly_across_three_workers(stack: Stack, tmp_path: Path) 
     assert "prometheus multiprocess mode in" in log
 
 
+def test_a_worker_writes_its_metric_sums_when_it_exits(stack: Stack) -> None:
+    # A flush interval far beyond the test: only the worker_exit hook can write these counts.
+    sim = stack.sim(proxy_keys=[KEY])
+    proxy = stack.gunicorn(sim.config_path, workers=1, extra_env={"WSGIPROXY_METRICS_FLUSH_SECONDS": "600"})
+    (old,) = workers_of(proxy, 1)
+    for _ in range(5):
+        assert http_request(proxy.url, "POST", "/v1/chat/completions", CHAT, key=KEY).status == 200
+    os.kill(proxy.pid, signal.SIGHUP)
+    wait_until(lambda: (pids := child_pids(proxy.pid)) != {old} and len(pids) == 1, 20, "the old worker replaced")
+    text = scrape(proxy)  # served by the new worker
+    assert sample(text, "wsgiproxy_requests_total", endpoint="chat", status="200") == 5, text
+    assert sample(text, "wsgiproxy_upstream_requests_total", status="200") == 5
+
+
 def test_metrics_directory_that_cannot_be_created_stops_the_start(stack: Stack, tmp_path: Path) -> None:
     sim = stack.sim(proxy_keys=[KEY])
     blocker = tmp_path / "file"

@@ -7,14 +7,20 @@ them with a ``MultiProcessCollector`` on a fresh registry. Without the variable 
 values live in this process and a registry of the app's own exposes them.
 
 Metric objects are created on first use in each process (after the fork), never at import.
-Writes per request (each an mmap write under a lock in multiprocess mode; a histogram observation
-is two, its sum and one bucket, ``_count`` being summed from the buckets at scrape time): a
-non-streamed chat request makes 12: in-flight up and down, the request counter, the duration and
-time-to-first-byte histograms, two token counters, the upstream counter and latency histogram.
-Each of those series is read by ``conf/grafana`` or ``conf/prometheus``, with labels the others
-lack, so none is redundant. The probes ``/health`` and ``/metrics`` make three instead of seven:
-in flight up and down (a scrape sees itself) and the request counter; no latency histograms,
-which every dashboard panel excludes them from.
+A non-streamed chat request records 12 values: in-flight up and down, the request counter, the
+duration and time-to-first-byte histograms (a histogram observation is two values, its sum and
+one bucket; ``_count`` is summed from the buckets at scrape time), two token counters, the
+upstream counter and latency histogram. Each of those series is read by ``conf/grafana`` or
+``conf/prometheus``, with labels the others lack, so none is redundant. The probes ``/health``
+and ``/metrics`` record three: in flight up and down (a scrape sees itself) and the request
+counter; no latency histograms, which every dashboard panel excludes them from.
+
+In multiprocess mode under gevent, each of those would be an mmap write under a lock (about
+35 µs per request on a bench core). Instead a worker sums them in memory (:class:`_Batch`) and
+writes each series' total once a second, before it renders a scrape, and when it exits: a scrape
+may lag the other workers by up to a second, and a worker killed with SIGKILL loses at most its
+last second of counts. The in-flight gauge is the exception, written at once: a scrape must
+never see a request that has ended.
 
 Label values come only from bounded sets: endpoint names of the route table, configured model
 names (``other`` for anything else), a fixed table of status codes, configured subaccount names
@@ -38,7 +44,11 @@ wsgiproxy_stream_disconnects_total         counter    endpoint, model
 
 from __future__ import annotations
 
+import bisect
+import logging
 import os
+import threading
+import time
 import typing as t
 
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -51,6 +61,18 @@ if t.TYPE_CHECKING:
     from .record import RequestRecord
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def _flush_seconds() -> float:
+    """How often a worker writes its sums (multiprocess mode under gevent): 1 s, or
+    ``WSGIPROXY_METRICS_FLUSH_SECONDS`` (a positive number)."""
+    try:
+        value = float(os.environ.get("WSGIPROXY_METRICS_FLUSH_SECONDS", "") or 1.0)
+    except ValueError:
+        return 1.0
+    return value if 0 < value <= 3600 else 1.0
+
+log = logging.getLogger("wsgiproxy.metrics")
 
 # LLM latencies: 50 ms (a cached embedding) to 10 min (a long reasoning stream).
 BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
@@ -70,10 +92,86 @@ def multiprocess_mode() -> bool:
     return bool(os.environ.get(MULTIPROC_ENV))
 
 
+Child = t.Any  # a labelled Counter or Histogram child, or a Gauge
+
+
+class _Batch:
+    """This process's increments and observations, summed in memory and written by :meth:`flush`.
+
+    Only under gevent (one thread: no update can interleave with a flush). A flush writes one
+    ``inc`` per counter and, per histogram, its sum and each bucket's count, as ``observe`` would.
+    """
+
+    def __init__(self) -> None:
+        self.counts: dict[Child, float] = {}
+        self.observed: dict[Child, list[float]] = {}
+        self._flusher: threading.Thread | None = None
+
+    def inc(self, child: Child, amount: float = 1.0) -> None:
+        counts = self.counts
+        counts[child] = counts.get(child, 0.0) + amount
+        if self._flusher is None:
+            self._start()
+
+    def observe(self, child: Child, value: float) -> None:
+        values = self.observed.get(child)
+        if values is None:
+            self.observed[child] = [value]
+        else:
+            values.append(value)
+
+    def flush(self) -> None:
+        counts, self.counts = self.counts, {}
+        observed, self.observed = self.observed, {}
+        for child, amount in counts.items():
+            if amount:
+                child.inc(amount)
+        for child, values in observed.items():
+            _observe_all(child, values)
+
+    def _start(self) -> None:
+        self._flusher = threading.Thread(target=self._flush_forever, name="wsgiproxy-metrics", daemon=True)
+        self._flusher.start()
+
+    def _flush_forever(self) -> None:
+        while True:
+            time.sleep(_flush_seconds())
+            try:
+                self.flush()
+            except Exception:  # a full disk must not end the flushing for good
+                log.exception("writing the metrics of process %s failed", os.getpid())
+
+
+def _observe_all(child: Child, values: list[float]) -> None:
+    """``child.observe(v)`` for every value, with one write per bucket and one for the sum."""
+    bounds = getattr(child, "_upper_bounds", None)
+    if bounds is None or not hasattr(child, "_sum") or not hasattr(child, "_buckets"):
+        for value in values:  # a prometheus-client without these internals: the public way
+            child.observe(value)
+        return
+    per_bucket = [0] * len(bounds)
+    for value in values:
+        per_bucket[bisect.bisect_left(bounds, value)] += 1  # the first bound >= value, as observe() picks
+    child._sum.inc(sum(values))
+    for index, count in enumerate(per_bucket):
+        if count:
+            child._buckets[index].inc(count)
+
+
+def _gevent_patched() -> bool:
+    try:
+        from gevent import monkey
+    except ImportError:  # pragma: no cover - gevent is a dependency
+        return False
+    return bool(monkey.is_module_patched("threading"))
+
+
 class _Instruments:
     """The metric objects themselves; in multiprocess mode there must be one set per process."""
 
     def __init__(self, registry: CollectorRegistry | None) -> None:
+        # Multiprocess mode under gevent: values are summed in memory and written once a second.
+        self.batch = _Batch() if registry is None and _gevent_patched() else None
         self.requests = Counter("wsgiproxy_requests", "Client requests by endpoint, model and status.",
                                 ("endpoint", "model", "status"), registry=registry)
         self.duration = Histogram("wsgiproxy_request_duration_seconds",
@@ -121,7 +219,19 @@ def worker_started() -> None:
         _instruments(None)
 
 
-Child = t.Any  # a labelled Counter or Histogram child
+def flush_pending() -> None:
+    """Write what this process summed in memory (gunicorn worker_exit: nothing counted is lost)."""
+    instruments = _shared.get(os.getpid())
+    if instruments is not None and instruments.batch is not None:
+        instruments.batch.flush()
+
+
+def _inc(child: Child, amount: float = 1.0) -> None:
+    child.inc(amount)
+
+
+def _observe(child: Child, value: float) -> None:
+    child.observe(value)
 
 
 class Metrics:
@@ -141,6 +251,12 @@ class Metrics:
         self._timings: dict[tuple[str, bool], tuple[Child, Child]] = {}
         self._tokens: dict[str | None, tuple[Child, Child]] = {}
         self._upstream: dict[tuple[str, str, int | None], tuple[Child, Child]] = {}
+        batch = self._m.batch
+        self._batch = batch
+        self._inc = batch.inc if batch is not None else _inc
+        self._observe = batch.observe if batch is not None else _observe
+
+        # In flight is written at once, batched or not: a scrape must not see a request that ended.
         self.request_started = self._m.in_flight.inc
 
     @classmethod
@@ -154,14 +270,14 @@ class Metrics:
 
     def request_done(self, record: RequestRecord) -> None:
         """Counts a finished request; ``record.ended`` must be set."""
-        m = self._m
+        m, inc, observe = self._m, self._inc, self._observe
         m.in_flight.dec()
         endpoint, model, status = record.endpoint, record.model, record.status
         child = self._requests.get((endpoint, model, status))
         if child is None:
             child = self._requests[(endpoint, model, status)] = m.requests.labels(
                 endpoint, self.model_label(model), status_label(status))
-        child.inc()
+        inc(child)
         streamed = record.streamed
         timing = self._timings.get((endpoint, streamed))
         if timing is None:
@@ -169,9 +285,9 @@ class Metrics:
             timing = self._timings[(endpoint, streamed)] = (
                 m.duration.labels(endpoint, flag), m.ttfb.labels(endpoint, flag))
         started = record.started
-        timing[0].observe((record.ended or started) - started)
+        observe(timing[0], (record.ended or started) - started)
         if record.first_byte is not None:
-            timing[1].observe(record.first_byte - started)
+            observe(timing[1], record.first_byte - started)
         prompt, completion = record.prompt_tokens, record.completion_tokens
         if prompt or completion:
             tokens = self._tokens.get(model)
@@ -179,11 +295,11 @@ class Metrics:
                 label = self.model_label(model)
                 tokens = self._tokens[model] = (m.tokens.labels(label, "prompt"), m.tokens.labels(label, "completion"))
             if prompt:
-                tokens[0].inc(prompt)
+                inc(tokens[0], prompt)
             if completion:
-                tokens[1].inc(completion)
+                inc(tokens[1], completion)
         if record.disconnected and streamed:
-            m.disconnects.labels(endpoint, self.model_label(model)).inc()
+            inc(m.disconnects.labels(endpoint, self.model_label(model)))
 
     def probe_done(self, record: RequestRecord) -> None:
         """Counts a finished ``/health`` or ``/metrics`` request: no latency histograms (see the module doc)."""
@@ -193,7 +309,7 @@ class Metrics:
         if child is None:
             child = self._requests[(endpoint, None, status)] = self._m.requests.labels(
                 endpoint, "-", status_label(status))
-        child.inc()
+        self._inc(child)
 
     def upstream_done(self, subaccount: str, deployment: str, status: int | None, seconds: float) -> None:
         """One request to SAP AI Core answered with ``status`` (None: it failed without an answer)."""
@@ -203,15 +319,17 @@ class Metrics:
                 self._m.upstream.labels(subaccount, deployment, status_label(status)),
                 self._m.upstream_latency.labels(subaccount, deployment),
             )
-        children[0].inc()
+        self._inc(children[0])
         if status is not None:
-            children[1].observe(seconds)
+            self._observe(children[1], seconds)
 
     def token_refreshed(self, subaccount: str, ok: bool) -> None:
-        self._m.token_refreshes.labels(subaccount, "ok" if ok else "error").inc()
+        self._inc(self._m.token_refreshes.labels(subaccount, "ok" if ok else "error"))
 
     def render(self) -> bytes:
         """The text exposition of every metric (all workers' in multiprocess mode)."""
+        if self._batch is not None:
+            self._batch.flush()  # this worker's own counts, the scrape itself included
         if self.registry is not None:
             return generate_latest(self.registry)
         registry = CollectorRegistry()  # fresh per scrape, or series would repeat
