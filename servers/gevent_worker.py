@@ -6,7 +6,7 @@ This worker keeps everything gunicorn's master and ``GeventWorker`` do: the acce
 connection pool, the heartbeat, signals, graceful stop and reload, ``max_requests``, the
 ``pre_request``/``post_request`` hooks and the access log. It replaces only the per-connection
 loop: read a request head with one ``recv``, parse it with two regular-expression scans, build
-the environ, and send a response head and body with one ``sendall``.
+the environ, and send a response head and body with one ``send``.
 
 It speaks HTTP/1.0 and HTTP/1.1 (keep-alive, pipelining, ``Content-Length`` and chunked request
 bodies, ``Expect: 100-continue``, chunked responses) and is strict where a lenient parser is a
@@ -36,7 +36,7 @@ from urllib.parse import unquote_to_bytes, urlsplit
 import gevent
 from gunicorn.workers.ggevent import GeventWorker
 
-from wsgiproxy.deadlines import Deadlines
+from wsgiproxy.sockets import Deadlines, send_all
 
 if t.TYPE_CHECKING:
     from collections.abc import Iterable
@@ -600,12 +600,12 @@ class LeanGeventWorker(GeventWorker):
                     return
                 head = self._head(resp, http11, is_head)
                 if not resp.body_allowed:
-                    sock.sendall(head)
+                    send_all(sock, head)
                     return
-                sock.sendall(head + self._frame(resp, data))
+                send_all(sock, head + self._frame(resp, data))
                 return
             if data and resp.body_allowed:
-                sock.sendall(self._frame(resp, data))
+                send_all(sock, self._frame(resp, data))
 
         try:
             if self._pre_request is not None:
@@ -699,9 +699,9 @@ class LeanGeventWorker(GeventWorker):
             if resp.status_code >= 200 and resp.status_code not in _NO_BODY_STATUS and not is_head and not any(
                     name.lower() == "content-length" for name, _ in resp.headers):
                 resp.headers = [*resp.headers, ("Content-Length", "0")]
-            sock.sendall(self._head(resp, http11, is_head))
+            send_all(sock, self._head(resp, http11, is_head))
         elif resp.chunked:
-            sock.sendall(b"0\r\n\r\n")
+            send_all(sock, b"0\r\n\r\n")
         if resp.length is not None and resp.body_allowed and resp.sent < resp.length:
             resp.must_close = True  # the client would wait for the missing bytes
 

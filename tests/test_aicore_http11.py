@@ -8,7 +8,7 @@ import zlib
 import pytest
 
 from wsgiproxy.aicore.http11 import Headers, Response, ResponseBroken, parse_head
-from wsgiproxy.deadlines import Deadlines
+from wsgiproxy.sockets import Deadlines
 
 
 class ScriptedSocket:

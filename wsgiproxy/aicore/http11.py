@@ -1,7 +1,7 @@
 """A minimal HTTP/1.1 client for the upstream hot path: keep-alive sockets per origin, nothing else.
 
 It does what the proxy needs and no more: one request per connection at a time, sent with one
-``sendall``; the response head parsed with ``bytes.find``/``split``; bodies framed by
+``send``; the response head parsed with ``bytes.find``/``split``; bodies framed by
 Content-Length, chunked encoding (decoded incrementally, as it arrives) or the connection's end.
 
 Connections live in a :class:`Pool`, created per process on first use (so a preloaded app forks
@@ -12,7 +12,7 @@ connection: the request never reached the application. Nothing is re-sent once a
 arrived or on a timeout. A new connection that cannot be opened is tried once more.
 
 Under gevent the sockets are blocking and each wait (the send and the response head; every body
-read) is bounded by the pool's :class:`~wsgiproxy.deadlines.Deadlines`, not by a gevent Timeout
+read) is bounded by the pool's :class:`~wsgiproxy.sockets.Deadlines`, not by a gevent Timeout
 per wait; with plain threads the same calls set the socket timeout.
 
 Errors are raised as :class:`~wsgiproxy.errors.UpstreamUnreachable` and
@@ -33,8 +33,8 @@ import typing as t
 import zlib
 from urllib.parse import quote, urlsplit
 
-from ..deadlines import Deadlines
 from ..errors import UpstreamTimeout, UpstreamUnreachable
+from ..sockets import Deadlines, send_all
 
 READ_SIZE = 65536
 _MAX_HEAD = 65536  # bytes of status line + headers
@@ -255,10 +255,19 @@ class Response:
 
     def _dechunk(self, raw: bytes) -> bytes:
         """Decode what ``raw`` completes of a chunked body; keeps an unfinished tail in ``_buf``."""
-        out: list[bytes] = []
-        pos = 0
         end = len(raw)
         state = self._left
+        if state == _SIZE_LINE:  # the usual stream read: exactly one whole chunk, one event
+            eol = raw.find(b"\r\n", 0, 18)
+            if eol > 0:
+                try:
+                    size = int(raw[:eol], 16)
+                except ValueError:
+                    size = 0
+                if size > 0 and eol + size + 4 == end and raw.endswith(b"\r\n"):
+                    return raw[eol + 2:end - 2]
+        out: list[bytes] = []
+        pos = 0
         while pos < end:
             if state > 0:  # inside a chunk's data
                 take = min(state, end - pos)
@@ -581,7 +590,7 @@ class Pool:
         deadlines = self.deadlines
         try:
             deadlines.arm(sock, read_timeout)
-            sock.sendall(head)
+            send_all(sock, head)
             if tail:
                 sock.sendall(tail)
             while True:  # bounded: a pass receives bytes (at most _MAX_HEAD of them) or consumes a head

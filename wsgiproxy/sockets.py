@@ -1,15 +1,17 @@
-"""Socket wait deadlines under gevent, enforced by one sweeper per process instead of a timer per wait.
+"""Socket waits and sends on the hot path, cheaper under gevent than its own socket calls.
 
-A gevent socket with a timeout creates, starts and cancels a ``gevent.Timeout`` on every wait
-that blocks: about 10 µs each on a bench core, paid on every upstream stream event and twice per
-request. With :class:`Deadlines` sockets stay blocking (timeout ``None``); the deadline of the
-wait to come is one dict entry, and a sweeper greenlet waking every :data:`TICK` seconds throws
-``TimeoutError`` into a greenlet still waiting on that socket past it (``Hub.cancel_wait``, as
-gevent does when a socket is closed under a waiting greenlet). A deadline is kept to within
-``TICK``.
+:class:`Deadlines`: a gevent socket with a timeout creates, starts and cancels a
+``gevent.Timeout`` on every wait that blocks: about 10 µs each on a bench core, paid on every
+upstream stream event and twice per request. With :class:`Deadlines` sockets stay blocking
+(timeout ``None``); the deadline of the wait to come is one dict entry, and a sweeper greenlet
+waking every :data:`TICK` seconds throws ``TimeoutError`` into a greenlet still waiting on that
+socket past it (``Hub.cancel_wait``, as gevent does when a socket is closed under a waiting
+greenlet). A deadline is kept to within ``TICK``. Without gevent (waitress threads) the same
+calls set the socket's own timeout, which costs nothing extra there.
 
-Without gevent (waitress threads) the same calls set the socket's own timeout, which costs
-nothing extra there.
+:func:`send_all`: gevent's ``sendall`` asks the kernel for the send buffer size
+(``getsockopt``) and slices a memoryview on every call; one ``send`` takes a whole response
+head, request or stream event.
 """
 
 from __future__ import annotations
@@ -86,3 +88,10 @@ def _cancel_waits(sock: t.Any) -> bool:
             sock.hub.cancel_wait(watcher, TimeoutError("timed out"))
             waiting = True
     return waiting
+
+
+def send_all(sock: socket.socket, data: bytes) -> None:
+    """``sock.sendall(data)``: one ``send`` when the socket takes it all (the usual case)."""
+    sent = sock.send(data)
+    if sent < len(data):
+        sock.sendall(memoryview(data)[sent:])

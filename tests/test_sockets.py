@@ -1,4 +1,4 @@
-"""wsgiproxy.deadlines: waits on gevent sockets end at their deadline without a gevent Timeout per wait.
+"""wsgiproxy.sockets: waits on gevent sockets end at their deadline without a gevent Timeout per wait.
 
 The gevent cases run in a child interpreter (this test process is not monkey-patched).
 """
@@ -11,14 +11,14 @@ import subprocess
 import sys
 import textwrap
 
-from wsgiproxy.deadlines import Deadlines
+from wsgiproxy.sockets import Deadlines, send_all
 
 _GEVENT_SCRIPT = textwrap.dedent("""
     from gevent import monkey
     monkey.patch_all()
     import json, socket, time
     import gevent
-    from wsgiproxy.deadlines import TICK, Deadlines
+    from wsgiproxy.sockets import TICK, Deadlines
     from wsgiproxy.aicore.http11 import Pool
     from wsgiproxy.errors import UpstreamTimeout
 
@@ -126,3 +126,32 @@ def test_without_gevent_the_socket_timeout_is_set() -> None:
         assert a.gettimeout() is None
         deadlines.adopt(a)  # a plain socket is left as it is
         assert a.gettimeout() is None
+
+
+class _PartialSocket:
+    """send() takes at most ``room`` bytes; sendall() records the rest."""
+
+    def __init__(self, room: int) -> None:
+        self.room = room
+        self.sent: list[bytes] = []
+        self.sendall_calls: list[bytes] = []
+
+    def send(self, data: bytes) -> int:
+        taken = bytes(data[:self.room])
+        self.sent.append(taken)
+        return len(taken)
+
+    def sendall(self, data: memoryview) -> None:
+        self.sendall_calls.append(bytes(data))
+
+
+def test_send_all_is_one_send_when_the_socket_takes_everything() -> None:
+    sock = _PartialSocket(room=1 << 20)
+    send_all(sock, b"HTTP/1.1 200 OK\r\n\r\nhello")  # type: ignore[arg-type]
+    assert sock.sent == [b"HTTP/1.1 200 OK\r\n\r\nhello"] and sock.sendall_calls == []
+
+
+def test_send_all_hands_the_rest_of_a_partial_send_to_sendall() -> None:
+    sock = _PartialSocket(room=4)
+    send_all(sock, b"0123456789")  # type: ignore[arg-type]
+    assert sock.sent == [b"0123"] and sock.sendall_calls == [b"456789"]
