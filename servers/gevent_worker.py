@@ -36,7 +36,7 @@ from urllib.parse import unquote_to_bytes, urlsplit
 import gevent
 from gunicorn.workers.ggevent import GeventWorker
 
-from wsgiproxy.sockets import Deadlines, send_all
+from wsgiproxy.sockets import Deadlines, send_all, wait_readable
 
 if t.TYPE_CHECKING:
     from collections.abc import Iterable
@@ -409,6 +409,8 @@ class LeanGeventWorker(GeventWorker):
 
     def _read_head(self, sock: socket.socket, buf: bytes) -> tuple[bytes | None, bytes]:
         """The next request head (without its final CRLF CRLF) and the bytes read past it."""
+        if not buf:
+            wait_readable(sock)  # a keep-alive client sends its next request after reading the last answer
         while True:
             if buf[:1] in (b"\r", b"\n"):
                 buf = buf.lstrip(b"\r\n")  # RFC 9112 §2.2: ignore empty lines before a request

@@ -211,3 +211,14 @@ def test_bad_content_length(value: str) -> None:
 def test_repeated_equal_content_length_is_fine() -> None:
     response, _, _ = open_response(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nhi")
     assert response.data == b"hi"
+
+
+def test_prepared_headers_carry_the_lines_a_plain_mapping_would_get() -> None:
+    from wsgiproxy.aicore.http11 import PreparedHeaders, header_block
+
+    plain = {"Authorization": "Bearer t", "AI-Resource-Group": "rg", "Accept": "text/event-stream"}
+    prepared = PreparedHeaders(plain)
+    assert prepared == plain and prepared.wire == header_block(plain)
+    assert prepared.wire.endswith("User-Agent: wsgiproxy\r\nAccept-Encoding: identity\r\n")
+    with pytest.raises(ValueError, match="line break"):
+        PreparedHeaders({"X-Evil": "a\r\nHost: elsewhere"})

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import textwrap
 
-from wsgiproxy.sockets import Deadlines, send_all
+from wsgiproxy.sockets import Deadlines, send_all, wait_readable
 
 _GEVENT_SCRIPT = textwrap.dedent("""
     from gevent import monkey
@@ -61,6 +61,20 @@ _GEVENT_SCRIPT = textwrap.dedent("""
     except gevent.Timeout:
         out["disarmed"] = "waited"
 
+    # wait_readable parks until bytes arrive (no failing recv first), and deadlines bound it too
+    from wsgiproxy.sockets import wait_readable
+    gevent.spawn_later(0.1, b.sendall, b"y")
+    start = time.monotonic()
+    wait_readable(a)
+    out["waited_for_data"] = [round(time.monotonic() - start, 2), a.recv(10).decode()]
+    deadlines.arm(a, 0.2)
+    try:
+        wait_readable(a)
+        out["wait_deadline"] = "no"
+    except TimeoutError:
+        out["wait_deadline"] = "timed out"
+    deadlines.disarm(a)
+
     # a deadline that passes while nobody waits is applied to the next wait, then dropped
     deadlines.arm(a, 0.1)
     time.sleep(0.35)  # blocks the hub: the sweeper runs only afterwards
@@ -102,6 +116,8 @@ def test_gevent_waits_end_at_their_deadline() -> None:
     assert out["forgotten_after_expiry"] == 0
     assert out["trickled"] == "xxxx"  # 0.15 s gaps under a 0.4 s per-read deadline: no timeout
     assert out["disarmed"] == "waited"
+    assert out["waited_for_data"][1] == "y" and 0.05 <= out["waited_for_data"][0] <= 0.5
+    assert out["wait_deadline"] == "timed out"
     assert out["late_wait"] <= tick + 0.3  # the overdue deadline ends the next wait at the next sweep
     assert out["left"] == 0
     message, elapsed = out["upstream"]
@@ -155,3 +171,11 @@ def test_send_all_hands_the_rest_of_a_partial_send_to_sendall() -> None:
     sock = _PartialSocket(room=4)
     send_all(sock, b"0123456789")  # type: ignore[arg-type]
     assert sock.sent == [b"0123"] and sock.sendall_calls == [b"456789"]
+
+
+def test_wait_readable_is_a_no_op_for_a_plain_socket() -> None:
+    a, b = socket.socketpair()
+    with a, b:
+        wait_readable(a)  # returns at once: a blocking recv does its own waiting
+        b.sendall(b"x")
+        assert a.recv(1) == b"x"

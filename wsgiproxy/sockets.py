@@ -12,6 +12,11 @@ calls set the socket's own timeout, which costs nothing extra there.
 :func:`send_all`: gevent's ``sendall`` asks the kernel for the send buffer size
 (``getsockopt``) and slices a memoryview on every call; one ``send`` takes a whole response
 head, request or stream event.
+
+:func:`wait_readable`: gevent's ``recv`` first tries the system call and, when it fails with
+EAGAIN, raises and catches that error before it waits. For a read that cannot have an answer
+yet (the response right after a request was sent, a client's next request right after its
+response) waiting first saves both.
 """
 
 from __future__ import annotations
@@ -95,3 +100,14 @@ def send_all(sock: socket.socket, data: bytes) -> None:
     sent = sock.send(data)
     if sent < len(data):
         sock.sendall(memoryview(data)[sent:])
+
+
+def wait_readable(sock: socket.socket) -> None:
+    """Under gevent, wait until ``sock`` has bytes or EOF (a no-op for a plain blocking socket)."""
+    event = getattr(sock, "_read_event", None)
+    if event is None:
+        return
+    pending = getattr(sock, "pending", None)  # TLS: bytes already decrypted need no wait
+    if pending is not None and pending():
+        return
+    sock._wait(event)  # type: ignore[attr-defined]  # gevent's own wait, as its recv() does

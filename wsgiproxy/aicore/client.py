@@ -14,6 +14,7 @@ from urllib.parse import urlencode
 
 from ..errors import UpstreamError
 from ..metrics import Metrics
+from .http11 import PreparedHeaders
 from .tokens import TokenCache, fetch_token
 from .transport import Transport, UpstreamResponse, discard
 
@@ -39,8 +40,8 @@ class AICoreClient:
             )
             for sub in settings.subaccounts
         }
-        # Per subaccount, the headers that never change (Authorization and Accept are set per request).
-        self._base_headers: dict[str, dict[str, str]] = {}
+        # Per subaccount and Accept value: the token they were built with and the request headers.
+        self._headers_for: dict[tuple[str, str], tuple[str, PreparedHeaders]] = {}
 
     def _counted_fetch(self, subaccount: str, fetch: t.Callable[[], tuple[str, float]]) -> tuple[str, float]:
         try:
@@ -67,14 +68,13 @@ class AICoreClient:
             url += "?" + _query_string(tuple(query.items()))
         sub = deployment.subaccount
         cache = self.tokens[sub.name]
-        base = self._base_headers.get(sub.name)
-        if base is None:
-            base = self._base_headers[sub.name] = self._headers(sub, "", "")
         for attempt in (1, 2):
             token = cache.get()
-            headers = base.copy()
-            headers["Authorization"] = f"Bearer {token}"
-            headers["Accept"] = accept
+            prepared = self._headers_for.get((sub.name, accept))
+            if prepared is None or prepared[0] != token:  # a new token: the lines are built again
+                prepared = self._headers_for[(sub.name, accept)] = (
+                    token, PreparedHeaders(self._headers(sub, token, accept)))
+            headers = prepared[1]
             started = time.perf_counter()
             try:
                 response = self.transport.request(

@@ -34,7 +34,7 @@ import zlib
 from urllib.parse import quote, urlsplit
 
 from ..errors import UpstreamTimeout, UpstreamUnreachable
-from ..sockets import Deadlines, send_all
+from ..sockets import Deadlines, send_all, wait_readable
 
 READ_SIZE = 65536
 _MAX_HEAD = 65536  # bytes of status line + headers
@@ -79,6 +79,29 @@ def _semaphore(value: int) -> _Semaphore:
 
         return t.cast(_Semaphore, Semaphore(value))
     return threading.Semaphore(value)
+
+
+def header_block(headers: t.Mapping[str, str]) -> str:
+    """The request's header lines as sent (``User-Agent`` and ``Accept-Encoding`` added if missing)."""
+    lines = [f"{name}: {value}\r\n" for name, value in headers.items()]
+    block = "".join(lines)
+    if block.count("\n") != len(lines) or block.count("\r") != len(lines):
+        raise ValueError("a header name or value contains a line break")
+    if "User-Agent" not in headers:
+        block += f"User-Agent: {_USER_AGENT}\r\n"
+    if "Accept-Encoding" not in headers:
+        block += "Accept-Encoding: identity\r\n"
+    return block
+
+
+class PreparedHeaders(dict[str, str]):
+    """Request headers whose lines are built once, for a caller that sends the same ones again."""
+
+    __slots__ = ("wire",)
+
+    def __init__(self, headers: t.Mapping[str, str]) -> None:
+        super().__init__(headers)
+        self.wire = header_block(self)
 
 
 class Headers(dict[str, str]):
@@ -534,18 +557,10 @@ class Pool:
             origin, path = self._origin(url, key, path)
         if not (path.isascii() and path.isprintable()) or " " in path:
             path = quote(path, safe=_SAFE_PATH)
-        lines = [f"{name}: {value}\r\n" for name, value in headers.items()]
-        block = "".join(lines)
-        if block.count("\n") != len(lines) or block.count("\r") != len(lines):
-            raise ValueError("a header name or value contains a line break")
-        extra = ""
-        if "User-Agent" not in headers:
-            extra = f"User-Agent: {_USER_AGENT}\r\n"
-        if "Accept-Encoding" not in headers:
-            extra += "Accept-Encoding: identity\r\n"
-        if body is not None or method in ("POST", "PUT", "PATCH"):
-            extra += f"Content-Length: {len(body) if body else 0}\r\n"
-        head = f"{method} {path} HTTP/1.1\r\nHost: {origin.host_header}\r\n{block}{extra}\r\n".encode("latin-1")
+        block = headers.wire if type(headers) is PreparedHeaders else header_block(headers)
+        length = f"Content-Length: {len(body) if body else 0}\r\n" if (
+            body is not None or method in ("POST", "PUT", "PATCH")) else ""
+        head = f"{method} {path} HTTP/1.1\r\nHost: {origin.host_header}\r\n{block}{length}\r\n".encode("latin-1")
         tail = b""
         if body:
             if len(body) <= _ONE_SEND:
@@ -593,6 +608,7 @@ class Pool:
             send_all(sock, head)
             if tail:
                 sock.sendall(tail)
+            wait_readable(sock)  # the answer takes at least a round trip: no recv that fails first
             while True:  # bounded: a pass receives bytes (at most _MAX_HEAD of them) or consumes a head
                 end, start = _find_head_end(buf) if buf else (-1, -1)
                 if end < 0:
