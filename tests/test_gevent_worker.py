@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from _stack import GUNICORN_CONF, ROOT, Server, Stack, base_env, free_port, spawn, tool, wait_ready
+from _stack import GUNICORN_CONF, ROOT, TLS, Server, Stack, base_env, free_port, make_tls, spawn, tool, wait_ready
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -381,8 +381,8 @@ AICORE_ENV = {"AICORE_CLIENT_ID": "id", "AICORE_CLIENT_SECRET": "secret", "AICOR
               "AICORE_BASE_URL": "http://127.0.0.1:9", "AICORE_DEPLOYMENTS": "gpt-4o=d1"}
 
 
-def serve(stack: Stack, name: str, extra_env: t.Mapping[str, str] | None = None, conf: Path = GUNICORN_CONF
-          ) -> Server:
+def serve(stack: Stack, name: str, extra_env: t.Mapping[str, str] | None = None, conf: Path = GUNICORN_CONF,
+          tls: TLS | None = None) -> Server:
     """``gunicorn -c conf/gunicorn.conf.py tests.fakes:wsgi_app``: one worker on a free 127.0.0.1 port."""
     directory = stack.tmp_path / name
     directory.mkdir()
@@ -392,8 +392,10 @@ def serve(stack: Stack, name: str, extra_env: t.Mapping[str, str] | None = None,
     env = {"WSGIPROXY_BIND": f"127.0.0.1:{port}", "WSGIPROXY_WORKERS": "1", "WSGIPROXY_GRACEFUL_TIMEOUT": "2",
            "WSGIPROXY_ACCESSLOG": "off", "WSGIPROXY_CONFIG": str(config), **AICORE_ENV, **(extra_env or {})}
     log = directory / "gunicorn.log"
-    process = spawn(tool("gunicorn") + ["-c", str(conf), APP], log, base_env(env), name)
-    return stack.track(wait_ready(Server(process, log, name, f"http://127.0.0.1:{port}"), 30))
+    tls_args = ["--certfile", str(tls.cert_file), "--keyfile", str(tls.key_file)] if tls else []
+    process = spawn(tool("gunicorn") + ["-c", str(conf), *tls_args, APP], log, base_env(env), name)
+    url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
+    return stack.track(wait_ready(Server(process, log, name, url), 30, ca_file=tls.ca_file if tls else None))
 
 
 @pytest.fixture(scope="module")
@@ -910,6 +912,31 @@ def test_pre_and_post_request_hooks_of_an_operator_conf_run(stack_m: Stack, tmp_
         "pre GET /hooked yes", "post GET /hooked 200 OK x=1",
         "pre GET /fail-before -", "post GET /fail-before 500 Internal Server Error ",
     ]
+
+
+@integration
+def test_tls_terminated_by_gunicorn_keeps_alive_and_streams(stack_m: Stack, tmp_path: Path) -> None:
+    import ssl
+
+    tls = make_tls(tmp_path / "tls")
+    server = serve(stack_m, "tls", tls=tls)
+    port = int(server.url.rsplit(":", 1)[1])
+    context = ssl.create_default_context(cafile=str(tls.ca_file))
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+            context.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+        for i in range(3):  # three requests on one TLS connection, a stream last
+            path = "/stream" if i == 2 else f"/tls/{i}"
+            sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi".encode())
+            data = b""
+            while not (data.endswith(b"0\r\n\r\n") if i == 2 else b'"body": "hi"}' in data):
+                chunk = sock.recv(65536)
+                assert chunk, data
+                data += chunk
+            assert data.startswith(b"HTTP/1.1 200 OK\r\n"), data[:200]
+            if i < 2:
+                assert b'"wsgi.url_scheme": "https"' in data and f'"PATH_INFO": "/tls/{i}"'.encode() in data
+            else:
+                assert b"Transfer-Encoding: chunked" in data and b"third" in data
 
 
 @integration
