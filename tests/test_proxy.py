@@ -393,13 +393,16 @@ def test_no_key_or_token_reaches_the_log(caplog: pytest.LogCaptureFixture) -> No
 def test_exact_routes_agree_with_the_url_map() -> None:
     from werkzeug.test import EnvironBuilder
 
-    from wsgiproxy.proxy import EXACT_ROUTES, URL_MAP
+    from wsgiproxy.proxy import EXACT_ROUTES, url_map
 
     assert ("/v1/chat/completions", "POST") in EXACT_ROUTES and ("/health", "HEAD") in EXACT_ROUTES
+    assert url_map() is url_map()  # built once per process
+    assert {(rule.rule, method) for rule in url_map().iter_rules() if not rule.arguments
+            for method in rule.methods or ()} == set(EXACT_ROUTES)
     for (path, method), (endpoint, _) in EXACT_ROUTES.items():
         environ = EnvironBuilder(path=path, method=method).get_environ()
-        assert URL_MAP.bind_to_environ(environ).match() == (endpoint, {})
-    match = URL_MAP.bind_to_environ(EnvironBuilder(path="/v1/models/gpt-4o").get_environ()).match()
+        assert url_map().bind_to_environ(environ).match() == (endpoint, {})
+    match = url_map().bind_to_environ(EnvironBuilder(path="/v1/models/gpt-4o").get_environ()).match()
     assert match == ("model", {"model": "gpt-4o"}) and ("/v1/models/gpt-4o", "GET") not in EXACT_ROUTES
 
 

@@ -1,8 +1,11 @@
-"""Plain WSGI answers for the hot path: chat, messages and embeddings, streamed or not.
+"""Plain WSGI answers: chat, messages and embeddings, streamed or not, and the small endpoints.
 
 werkzeug's ``Response`` builds a ``Headers`` object, checks and rewrites headers and wraps the body
-on every call; an answer the proxy relays needs none of that. Errors and the small endpoints keep
-using werkzeug, where its conveniences (HEAD handling, exceptions) are worth their cost.
+on every call; an answer the proxy relays needs none of that, and importing werkzeug would cost
+every worker megabytes it only needs for the rare request outside the exact-route table
+(:mod:`wsgiproxy.proxy`). The GET endpoints (``/health``, ``/metrics``, ``/v1/models``, ``/``) answer
+with :class:`Reply`, which sends no body to ``HEAD`` as werkzeug did; errors are
+:class:`~wsgiproxy.errors.ApiError`, which renders itself the same way.
 """
 
 from __future__ import annotations
@@ -18,13 +21,18 @@ SSE_HEADERS = (("Content-Type", "text/event-stream; charset=utf-8"), ("Cache-Con
                ("X-Accel-Buffering", "no"))
 
 
+def status_line(status: int) -> str:
+    """``"404 Not Found"``: the status line a WSGI app passes to ``start_response``."""
+    return _STATUS_LINES.get(status) or f"{status} Unknown"
+
+
 class Answer:
     """A WSGI app answering one prepared response: a complete body or an iterable (a stream)."""
 
     __slots__ = ("_status", "_headers", "_body")
 
     def __init__(self, status: int, headers: t.Iterable[tuple[str, str]], body: bytes | t.Iterable[bytes]) -> None:
-        self._status = _STATUS_LINES.get(status) or f"{status} Unknown"
+        self._status = _STATUS_LINES.get(status) or f"{status} Unknown"  # status_line(), without the call
         if isinstance(body, bytes):
             self._headers = [*headers, ("Content-Length", str(len(body)))]
             self._body: t.Iterable[bytes] = (body,)
@@ -35,6 +43,17 @@ class Answer:
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> t.Iterable[bytes]:
         start_response(self._status, self._headers.copy())
         return self._body
+
+
+class Reply(Answer):
+    """An :class:`Answer` for a route that also answers ``HEAD``: the same status and headers
+    (``Content-Length`` included), no body."""
+
+    __slots__ = ()
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> t.Iterable[bytes]:
+        start_response(self._status, self._headers.copy())
+        return () if environ.get("REQUEST_METHOD") == "HEAD" else self._body
 
 
 def json_answer(body: bytes, status: int = 200, content_type: str = "application/json") -> Answer:

@@ -11,8 +11,8 @@ API format (the *face* of the route: OpenAI or Anthropic)::
           ├── UpstreamTimeout       connect or read timed out (504)
           └── TokenError            no OAuth token for the subaccount (502)
 
-    werkzeug HTTPException
-     └── ApiError               rendered as OpenAI or Anthropic error JSON, with status and headers
+    Exception
+     └── ApiError               a WSGI app: OpenAI or Anthropic error JSON, with status and headers
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from __future__ import annotations
 import json
 import typing as t
 
-from werkzeug.exceptions import HTTPException
+from .answers import status_line
 
 if t.TYPE_CHECKING:
-    from _typeshed.wsgi import WSGIEnvironment
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
 FACE_KEY = "wsgiproxy.face"
 
@@ -94,8 +94,14 @@ def anthropic_type(status: int) -> str:
     return _ANTHROPIC_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
 
 
-class ApiError(HTTPException):
-    """An error answered to a client, as JSON in the format of the API it called."""
+class ApiError(Exception):
+    """An error answered to a client, as JSON in the format of the API it called.
+
+    Endpoints raise it (or return it); it is itself the WSGI app that answers: the status, the
+    extra ``headers``, ``Content-Type: application/json`` and the payload in the request's *face*
+    (``environ[FACE_KEY]``), no body to a ``HEAD`` request (``Content-Length`` still tells the
+    size), as werkzeug's ``HTTPException`` answered before.
+    """
 
     def __init__(
         self,
@@ -107,7 +113,7 @@ class ApiError(HTTPException):
         type: str | None = None,
         headers: t.Mapping[str, str] | None = None,
     ) -> None:
-        super().__init__(description=message)
+        super().__init__(message)
         self.code = status
         self.message = message
         self.error_code = code
@@ -121,14 +127,11 @@ class ApiError(HTTPException):
         error = {"message": self.message, "type": self.error_type, "param": self.param, "code": self.error_code}
         return {"error": error}
 
-    def get_body(self, environ: WSGIEnvironment | None = None, scope: dict[str, t.Any] | None = None) -> str:
-        face = environ.get(FACE_KEY, "openai") if environ else "openai"
-        return json.dumps(self.payload(face))
-
-    def get_headers(
-        self, environ: WSGIEnvironment | None = None, scope: dict[str, t.Any] | None = None
-    ) -> list[tuple[str, str]]:
-        return [("Content-Type", "application/json"), *self.extra_headers.items()]
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> t.Iterable[bytes]:
+        body = json.dumps(self.payload(environ.get(FACE_KEY, "openai"))).encode()
+        start_response(status_line(self.code), [("Content-Type", "application/json"), *self.extra_headers.items(),
+                                                ("Content-Length", str(len(body)))])
+        return () if environ.get("REQUEST_METHOD") == "HEAD" else (body,)
 
     def __str__(self) -> str:
         return f"{self.code} {self.error_type}: {self.message}"

@@ -53,7 +53,8 @@ import typing as t
 
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
-from werkzeug.wrappers import Response
+
+from .answers import Reply
 
 if t.TYPE_CHECKING:
     from .config import Settings
@@ -337,7 +338,7 @@ class Metrics:
         return generate_latest(registry)
 
 
-def metrics_endpoint(call: Call) -> Response:
+def metrics_endpoint(call: Call) -> Reply:
     """``GET /metrics``: unauthenticated, like /health; keep it off the public listener (nginx)."""
     body = call.client.metrics.render()
-    return Response(body, content_type=CONTENT_TYPE_PLAIN_0_0_4, headers={"Cache-Control": "no-store"})
+    return Reply(200, (("Cache-Control", "no-store"), ("Content-Type", CONTENT_TYPE_PLAIN_0_0_4)), body)

@@ -3,18 +3,20 @@
 Settings are loaded and validated when the app is created; the per-process state (upstream
 pool, token caches, round-robin counters) is created on the first request of each process, so
 the app can be imported before gunicorn forks its workers.
+
+Requests are routed with werkzeug, but werkzeug is imported only for the rare request that the
+exact-route table does not answer (see :data:`EXACT_ROUTES`): importing it costs each worker
+megabytes (``werkzeug/__init__`` pulls in its server, test client and wrappers).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
 import time
 import typing as t
-
-from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
-from werkzeug.routing import Map, Rule
 
 from .aicore.catalog import Catalog
 from .aicore.client import AICoreClient
@@ -35,6 +37,7 @@ from .record import RequestRecord
 
 if t.TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
+    from werkzeug.routing import Map
 
 log = logging.getLogger("wsgiproxy")
 
@@ -60,31 +63,35 @@ ROUTES: dict[str, Route] = {
     "event_logging": Route(event_logging, "anthropic", False),
 }
 
-URL_MAP = Map(
-    [
-        Rule("/health", endpoint="health", methods=["GET"]),
-        Rule("/metrics", endpoint="metrics", methods=["GET"]),
-        Rule("/v1/models", endpoint="models", methods=["GET"]),
-        Rule("/v1/models/<path:model>", endpoint="model", methods=["GET"]),
-        Rule("/v1/chat/completions", endpoint="chat", methods=["POST"]),
-        Rule("/v1/embeddings", endpoint="embeddings", methods=["POST"]),
-        Rule("/v1/messages", endpoint="messages", methods=["POST"]),
-        Rule("/v1/messages/count_tokens", endpoint="count_tokens", methods=["POST"]),
-        Rule("/", endpoint="root", methods=["GET"]),
-        Rule("/api/event_logging/batch", endpoint="event_logging", methods=["POST"]),
-    ],
-    strict_slashes=False,
-    merge_slashes=False,
+#: The URL rules as data, (path in werkzeug's rule syntax, endpoint, methods): the exact-route
+#: table is built from them at import, werkzeug's ``Map`` (:func:`url_map`) on first need.
+RULES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("/health", "health", ("GET",)),
+    ("/metrics", "metrics", ("GET",)),
+    ("/v1/models", "models", ("GET",)),
+    ("/v1/models/<path:model>", "model", ("GET",)),
+    ("/v1/chat/completions", "chat", ("POST",)),
+    ("/v1/embeddings", "embeddings", ("POST",)),
+    ("/v1/messages", "messages", ("POST",)),
+    ("/v1/messages/count_tokens", "count_tokens", ("POST",)),
+    ("/", "root", ("GET",)),
+    ("/api/event_logging/batch", "event_logging", ("POST",)),
 )
+
+
+def _with_head(methods: tuple[str, ...]) -> tuple[str, ...]:
+    """The methods a rule answers: HEAD wherever GET is, as werkzeug's ``Rule`` adds it."""
+    return (*methods, "HEAD") if "GET" in methods and "HEAD" not in methods else methods
+
 
 #: The rules without variables, by (path, method), HEAD included wherever GET is: most requests
 #: are routed by this one lookup. Anything else (a trailing slash, ``/v1/models/<model>``, an
-#: unknown path or method) goes through ``URL_MAP``, which also words the 404 and 405 answers.
+#: unknown path or method) goes through :func:`url_map`, which also words the 404 and 405 answers.
 EXACT_ROUTES: dict[tuple[str, str], tuple[str, Route]] = {
-    (rule.rule, method): (t.cast(str, rule.endpoint), ROUTES[t.cast(str, rule.endpoint)])
-    for rule in URL_MAP.iter_rules()
-    if not rule.arguments
-    for method in rule.methods or ()
+    (path, method): (endpoint, ROUTES[endpoint])
+    for path, endpoint, methods in RULES
+    if "<" not in path
+    for method in _with_head(methods)
 }
 #: Load-balancer and scraper probes: in flight while answered and counted in
 #: ``wsgiproxy_requests_total``, but no latency histograms (every dashboard panel excludes them),
@@ -178,7 +185,7 @@ class WsgiProxy:
             if exact is not None:
                 (endpoint, route), args = exact, _NO_ARGS
             else:
-                endpoint, args = URL_MAP.bind_to_environ(environ).match()
+                endpoint, args = _match(environ)
                 route = ROUTES[endpoint]
             environ[FACE_KEY] = route.face
             record.endpoint = endpoint
@@ -187,17 +194,6 @@ class WsgiProxy:
             return route.handler(call)
         except ApiError as exc:
             return exc
-        except MethodNotAllowed as exc:
-            allowed = ", ".join(exc.valid_methods or ())
-            return ApiError(405, f"Method {environ.get('REQUEST_METHOD')} is not allowed here; use {allowed}.",
-                            headers={"Allow": allowed})
-        except NotFound:
-            path = environ.get("PATH_INFO", "")
-            return ApiError(404, f"Unknown path {path!r}; this proxy serves /v1/chat/completions, "
-                            "/v1/embeddings, /v1/models, /v1/messages, /v1/messages/count_tokens and /health.",
-                            code="unknown_url")
-        except HTTPException as exc:
-            return ApiError(exc.code or 400, exc.description or exc.name)
         except TokenError as exc:
             log.warning("request %s: %s", request_id, exc)
             return ApiError(502, f"The proxy could not get a SAP AI Core token: {exc}.", code="upstream_auth_failed")
@@ -211,6 +207,39 @@ class WsgiProxy:
             log.exception("request %s failed", request_id)
             return ApiError(500, f"Internal error in the proxy (request id {request_id}); the proxy log has details.",
                             code="internal_error")
+
+
+@functools.cache
+def url_map() -> Map:
+    """werkzeug's map of :data:`RULES`, built (and werkzeug imported) once per process, on first need."""
+    from werkzeug.routing import Map, Rule
+
+    return Map([Rule(path, endpoint=endpoint, methods=list(methods)) for path, endpoint, methods in RULES],
+               strict_slashes=False, merge_slashes=False)
+
+
+def _match(environ: WSGIEnvironment) -> tuple[str, t.Mapping[str, str]]:
+    """Route a request the exact-route table does not know with werkzeug: (endpoint, arguments).
+
+    :raises ApiError: 405 (with ``Allow``) for a known path and another method, 404 for an unknown path.
+    """
+    routes = url_map()
+    from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+
+    try:
+        endpoint, args = routes.bind_to_environ(environ).match()
+    except MethodNotAllowed as exc:
+        allowed = ", ".join(exc.valid_methods or ())
+        raise ApiError(405, f"Method {environ.get('REQUEST_METHOD')} is not allowed here; use {allowed}.",
+                       headers={"Allow": allowed}) from None
+    except NotFound:
+        path = environ.get("PATH_INFO", "")
+        raise ApiError(404, f"Unknown path {path!r}; this proxy serves /v1/chat/completions, "
+                       "/v1/embeddings, /v1/models, /v1/messages, /v1/messages/count_tokens and /health.",
+                       code="unknown_url") from None
+    except HTTPException as exc:
+        raise ApiError(exc.code or 400, exc.description or exc.name) from None
+    return t.cast(str, endpoint), args
 
 
 class _ObservedBody:

@@ -5,14 +5,15 @@ from __future__ import annotations
 import time
 import typing as t
 
-from werkzeug.wrappers import Response
+from ..answers import Reply
 
 if t.TYPE_CHECKING:
     from . import Call
 
 _STARTED = time.time()
+_HEADERS = (("Cache-Control", "no-store"), ("Content-Type", "application/json"))
 
 
-def health(call: Call) -> Response:
+def health(call: Call) -> Reply:
     body = b'{"status":"ok","uptime_seconds":%d}' % int(time.time() - _STARTED)
-    return Response(body, content_type="application/json", headers={"Cache-Control": "no-store"})
+    return Reply(200, _HEADERS, body)

@@ -5,22 +5,23 @@ from __future__ import annotations
 import json
 import typing as t
 
-from werkzeug.wrappers import Response
+from ..answers import Reply
 
 if t.TYPE_CHECKING:
     from . import Call
 
+_HEADERS = (("Content-Type", "application/json"),)
 _ROOT = json.dumps({"service": "wsgiproxy", "status": "ok",
                     "endpoints": ["/v1/chat/completions", "/v1/embeddings", "/v1/models", "/v1/messages",
-                                  "/v1/messages/count_tokens", "/health"]})
+                                  "/v1/messages/count_tokens", "/health"]}).encode()
 
 
-def root(call: Call) -> Response:
+def root(call: Call) -> Reply:
     """Connectivity checks (``HEAD /``) get 200 without a key."""
-    return Response(_ROOT, content_type="application/json")
+    return Reply(200, _HEADERS, _ROOT)
 
 
-def event_logging(call: Call) -> Response:
+def event_logging(call: Call) -> Reply:
     """Claude Code may post its telemetry to the base URL: accepted and dropped, never forwarded."""
     call.body()  # read (within the size limit) so the connection stays usable
-    return Response("{}", content_type="application/json")
+    return Reply(200, _HEADERS, b"{}")

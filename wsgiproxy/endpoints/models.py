@@ -6,29 +6,29 @@ import json
 import time
 import typing as t
 
-from werkzeug.wrappers import Response
-
+from ..answers import Reply
 from ..errors import ApiError
 
 if t.TYPE_CHECKING:
     from . import Call
 
 _CREATED = int(time.time())
+_HEADERS = (("Content-Type", "application/json"),)
 
 
 def _model(model_id: str) -> dict[str, t.Any]:
     return {"id": model_id, "object": "model", "created": _CREATED, "owned_by": "sap-ai-core"}
 
 
-def list_models(call: Call) -> Response:
+def list_models(call: Call) -> Reply:
     payload = {"object": "list", "data": [_model(m) for m in call.catalog.models()]}
-    return Response(json.dumps(payload), content_type="application/json")
+    return Reply(200, _HEADERS, json.dumps(payload).encode())
 
 
-def get_model(call: Call) -> Response:
+def get_model(call: Call) -> Reply:
     model = call.args["model"]
     if model not in call.catalog:
         available = ", ".join(call.catalog.models())
         raise ApiError(404, f"The model '{model}' does not exist. Available models: {available}.",
                        code="model_not_found", param="model")
-    return Response(json.dumps(_model(model)), content_type="application/json")
+    return Reply(200, _HEADERS, json.dumps(_model(model)).encode())
