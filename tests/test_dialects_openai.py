@@ -27,10 +27,11 @@ def run(name: str, client_wants_usage: bool, split: int | None = None) -> tuple[
 
 def payloads(events: list[bytes]) -> list[object]:
     result: list[object] = []
-    for event in events:
-        assert event.startswith(b"data: ") and event.endswith(b"\n\n"), event
-        data = event[6:-2]
-        result.append("[DONE]" if data == b"[DONE]" else json.loads(data))
+    for element in events:  # an element is one event, or several passed on as they came
+        assert element.startswith(b"data: ") and element.endswith(b"\n\n"), element
+        for event in element[:-2].split(b"\n\n"):
+            data = event[6:]
+            result.append("[DONE]" if data == b"[DONE]" else json.loads(data))
     return result
 
 
@@ -128,6 +129,6 @@ def test_plain_reads_pass_through_as_the_decoder_would_give_them() -> None:
               b'data: {"choices":[{"delta":{},"finish_reason":"stop","index":0}]}\n\n']
     stream = ChatStream(False)
     assert stream.feed(events[0]) == [events[0]] and not stream.finished
-    assert stream.feed(b"".join(events)) == events and stream.finished
+    assert stream.feed(b"".join(events)) == [b"".join(events)] and stream.finished  # one element, as it came
     assert stream.feed(b"data: [DONE]\n\n") == [b"data: [DONE]\n\n"]
     assert stream.feed(events[0]) == [], "nothing after [DONE]"

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 import time
 import typing as t
 
@@ -107,7 +108,8 @@ def wait_readable(sock: socket.socket) -> None:
     event = getattr(sock, "_read_event", None)
     if event is None:
         return
-    pending = getattr(sock, "pending", None)  # TLS: bytes already decrypted need no wait
-    if pending is not None and pending():
+    # TLS: bytes already decrypted need no wait. (ssl.SSLSocket is gevent's class once patched; a
+    # getattr of a missing attribute would go through gevent socket's __getattr__ and an exception.)
+    if isinstance(sock, ssl.SSLSocket) and sock.pending():
         return
     sock._wait(event)  # type: ignore[attr-defined]  # gevent's own wait, as its recv() does

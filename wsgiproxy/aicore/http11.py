@@ -314,6 +314,10 @@ class Response:
                 if size < 0:
                     raise ResponseBroken(f"bad chunk size line {line[:40]!r}")
                 pos = eol + 2
+                if size and raw.startswith(b"\r\n", pos + size):  # the whole chunk and its CRLF: one step
+                    out.append(raw[pos:pos + size])
+                    pos += size + 2
+                    continue
                 state = size if size else _TRAILER
             elif state == _DATA_END:
                 if end - pos < 2:

@@ -44,9 +44,9 @@ def error_event(message: str, *, type: str = "api_error", code: str | None = "up
 class ChatStream:
     """Filters an upstream chat-completions SSE stream for an OpenAI client.
 
-    ``feed`` takes raw upstream bytes and returns the events to send, each one element; a read
-    of plain events none of which is filtered (most reads: content deltas) is passed on as it
-    came, cut at event ends, without decoding and encoding each event again.
+    ``feed`` takes raw upstream bytes and returns the events to send; a read of plain events
+    none of which is filtered (most reads: content deltas) is passed on as it came, as one
+    element, without decoding and encoding each event again.
     ``finish`` is called at upstream EOF. ``usage`` holds the usage once seen.
     """
 
@@ -61,14 +61,14 @@ class ChatStream:
         if (
             not self.done
             and self._decoder.idle
-            and (events := plain_events(chunk))
+            and plain_events(chunk)
             and b"[DONE]" not in chunk
             and b'"choices":[]' not in chunk
             and b'"choices": []' not in chunk
         ):
             if b'"finish_reason":"' in chunk or b'"finish_reason": "' in chunk:
                 self.finished = True
-            return [chunk] if events == 1 else [event + b"\n\n" for event in chunk[:-2].split(b"\n\n")]
+            return [chunk]
         out = []
         for event in self._decoder.feed(chunk):
             data = event.data
