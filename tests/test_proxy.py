@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import typing as t
 
 import pytest
@@ -343,6 +344,12 @@ def test_request_id_is_taken_from_the_client_when_sane() -> None:
     c = client(FakeTransport())
     assert c.get("/health", headers={"X-Request-Id": "abc-123"}).headers["X-Request-Id"] == "abc-123"
     assert c.get("/health", headers={"X-Request-Id": "bad id\x01"}).headers["X-Request-Id"] != "bad id\x01"
+
+
+def test_new_request_ids_are_32_hex_digits_and_unique() -> None:
+    c = client(FakeTransport())
+    ids = {c.get("/health").headers["X-Request-Id"] for _ in range(200)}
+    assert len(ids) == 200 and all(re.fullmatch(r"[0-9a-f]{32}", rid) for rid in ids), sorted(ids)[:3]
 
 
 def test_embeddings_pass_every_field_through() -> None:

@@ -12,15 +12,16 @@ duration and time-to-first-byte histograms (a histogram observation is two value
 one bucket; ``_count`` is summed from the buckets at scrape time), two token counters, the
 upstream counter and latency histogram. Each of those series is read by ``conf/grafana`` or
 ``conf/prometheus``, with labels the others lack, so none is redundant. The probes ``/health``
-and ``/metrics`` record three: in flight up and down (a scrape sees itself) and the request
-counter; no latency histograms, which every dashboard panel excludes them from.
+and ``/metrics`` record only the request counter (and, in single-process mode, in flight up and
+down: a scrape sees itself); no latency histograms, which every dashboard panel excludes them from.
 
 In multiprocess mode under gevent, each of those would be an mmap write under a lock (about
 35 µs per request on a bench core). Instead a worker sums them in memory (:class:`_Batch`) and
 writes each series' total once a second, before it renders a scrape, and when it exits: a scrape
 may lag the other workers by up to a second, and a worker killed with SIGKILL loses at most its
-last second of counts. The in-flight gauge is the exception, written at once: a scrape must
-never see a request that has ended.
+last second of counts. The in-flight gauge is written the same way, as the worker's count at the
+time of the write, and without the probes: a scrape never sees a stale probe of another worker.
+(In single-process mode values are written at once, and a scrape sees itself in flight.)
 
 Label values come only from bounded sets: endpoint names of the route table, configured model
 names (``other`` for anything else), a fixed table of status codes, configured subaccount names
@@ -103,10 +104,21 @@ class _Batch:
     ``inc`` per counter and, per histogram, its sum and each bucket's count, as ``observe`` would.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, in_flight_gauge: Child) -> None:
         self.counts: dict[Child, float] = {}
         self.observed: dict[Child, list[float]] = {}
+        self.in_flight = 0  # requests of this process being served, probes excluded
+        self._in_flight_gauge = in_flight_gauge
+        self._written_in_flight = 0
         self._flusher: threading.Thread | None = None
+
+    def started(self) -> None:
+        self.in_flight += 1
+        if self._flusher is None:
+            self._start()
+
+    def ended(self) -> None:
+        self.in_flight -= 1
 
     def inc(self, child: Child, amount: float = 1.0) -> None:
         counts = self.counts
@@ -129,6 +141,9 @@ class _Batch:
                 child.inc(amount)
         for child, values in observed.items():
             _observe_all(child, values)
+        if self.in_flight != self._written_in_flight:
+            self._written_in_flight = self.in_flight
+            self._in_flight_gauge.set(self.in_flight)
 
     def _start(self) -> None:
         self._flusher = threading.Thread(target=self._flush_forever, name="wsgiproxy-metrics", daemon=True)
@@ -171,8 +186,6 @@ class _Instruments:
     """The metric objects themselves; in multiprocess mode there must be one set per process."""
 
     def __init__(self, registry: CollectorRegistry | None) -> None:
-        # Multiprocess mode under gevent: values are summed in memory and written once a second.
-        self.batch = _Batch() if registry is None and _gevent_patched() else None
         self.requests = Counter("wsgiproxy_requests", "Client requests by endpoint, model and status.",
                                 ("endpoint", "model", "status"), registry=registry)
         self.duration = Histogram("wsgiproxy_request_duration_seconds",
@@ -198,6 +211,8 @@ class _Instruments:
         self.disconnects = Counter("wsgiproxy_stream_disconnects",
                                    "Streams the client closed before they ended.", ("endpoint", "model"),
                                    registry=registry)
+        # Multiprocess mode under gevent: values are summed in memory and written once a second.
+        self.batch = _Batch(self.in_flight) if registry is None and _gevent_patched() else None
 
 
 _shared: dict[int, _Instruments] = {}  # multiprocess mode: pid -> the one set of this process
@@ -257,8 +272,17 @@ class Metrics:
         self._inc = batch.inc if batch is not None else _inc
         self._observe = batch.observe if batch is not None else _observe
 
-        # In flight is written at once, batched or not: a scrape must not see a request that ended.
-        self.request_started = self._m.in_flight.inc
+        if batch is not None:
+            self.request_started: t.Callable[[], None] = batch.started
+            self._request_ended: t.Callable[[], None] = batch.ended
+        else:
+            self.request_started = self._m.in_flight.inc
+            self._request_ended = self._m.in_flight.dec
+
+    def probe_started(self) -> None:
+        """A ``/health`` or ``/metrics`` request begins: in flight only when values are written at once."""
+        if self._batch is None:
+            self._m.in_flight.inc()
 
     @classmethod
     def for_settings(cls, settings: Settings, registry: CollectorRegistry | None = None) -> Metrics:
@@ -272,7 +296,7 @@ class Metrics:
     def request_done(self, record: RequestRecord) -> None:
         """Counts a finished request; ``record.ended`` must be set."""
         m, inc, observe = self._m, self._inc, self._observe
-        m.in_flight.dec()
+        self._request_ended()
         endpoint, model, status = record.endpoint, record.model, record.status
         child = self._requests.get((endpoint, model, status))
         if child is None:
@@ -304,7 +328,8 @@ class Metrics:
 
     def probe_done(self, record: RequestRecord) -> None:
         """Counts a finished ``/health`` or ``/metrics`` request: no latency histograms (see the module doc)."""
-        self._m.in_flight.dec()
+        if self._batch is None:
+            self._m.in_flight.dec()
         endpoint, status = record.endpoint, record.status
         child = self._requests.get((endpoint, None, status))
         if child is None:

@@ -12,6 +12,7 @@ megabytes (``werkzeug/__init__`` pulls in its server, test client and wrappers).
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import os
 import re
@@ -93,9 +94,9 @@ EXACT_ROUTES: dict[tuple[str, str], tuple[str, Route]] = {
     if "<" not in path
     for method in _with_head(methods)
 }
-#: Load-balancer and scraper probes: in flight while answered and counted in
-#: ``wsgiproxy_requests_total``, but no latency histograms (every dashboard panel excludes them),
-#: no usage line and no body wrapper: their answer is complete when the endpoint returns.
+#: Load-balancer and scraper probes: counted in ``wsgiproxy_requests_total`` (and in flight while
+#: answered, in single-process mode), but no latency histograms (every dashboard panel excludes
+#: them), no usage line and no body wrapper: their answer is complete when the endpoint returns.
 PROBES = frozenset({"health", "metrics"})
 _NO_ARGS: t.Mapping[str, str] = {}
 
@@ -110,6 +111,17 @@ class _ProcessState:
         self.catalog = Catalog(settings)
         self.metrics = Metrics.for_settings(settings)
         self.client = AICoreClient(settings, transport, self.metrics)
+        # Request ids: 24 random hex digits per process and a counter, 32 in all (the form uuid4().hex
+        # had); unique without a getrandom() system call per request.
+        self._id_prefix = os.urandom(12).hex()
+        self._id_count = itertools.count()
+
+    def request_id(self, environ: WSGIEnvironment) -> str:
+        """The client's ``X-Request-Id`` when it is sane, else a new one."""
+        given: str | None = environ.get("HTTP_X_REQUEST_ID")
+        if given and _REQUEST_ID.fullmatch(given):
+            return given
+        return f"{self._id_prefix}{next(self._id_count) & 0xFFFFFFFF:08x}"
 
 
 class WsgiProxy:
@@ -133,10 +145,10 @@ class WsgiProxy:
         return state
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> t.Iterable[bytes]:
-        request_id = _request_id(environ)
+        state = self.state
+        request_id = state.request_id(environ)
         record = RequestRecord(request_id)
         REQUEST_ID.set(request_id)
-        state = self.state
         metrics = state.metrics
         exact = EXACT_ROUTES.get((environ.get("PATH_INFO", ""), environ.get("REQUEST_METHOD", "")))
         if exact is not None and exact[0] in PROBES:
@@ -154,9 +166,9 @@ class WsgiProxy:
 
     def _probe(self, environ: WSGIEnvironment, start_response: StartResponse, record: RequestRecord,
                exact: tuple[str, Route], state: _ProcessState) -> t.Iterable[bytes]:
-        """``/health`` and ``/metrics``: answered whole; in flight while answered, then counted once."""
+        """``/health`` and ``/metrics``: answered whole, then counted once."""
         metrics = state.metrics
-        metrics.request_started()
+        metrics.probe_started()
         request_id = record.request_id
 
         def start_with_id(status: str, headers: list[tuple[str, str]], exc_info: t.Any = None) -> t.Any:
@@ -317,13 +329,6 @@ def _finish(record: RequestRecord, metrics: Metrics, usage: UsageLog) -> None:
         log.exception("recording request %s failed", record.request_id)
     finally:
         REQUEST_ID.set(None)
-
-
-def _request_id(environ: WSGIEnvironment) -> str:
-    given: str | None = environ.get("HTTP_X_REQUEST_ID")
-    if given and _REQUEST_ID.fullmatch(given):
-        return given
-    return os.urandom(16).hex()  # 32 hex digits, the form uuid4().hex had
 
 
 def create_app(settings: Settings | None = None, *, transport: Transport | None = None) -> WsgiProxy:
