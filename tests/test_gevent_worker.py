@@ -963,3 +963,13 @@ def test_invalid_worker_class_stops_the_start_with_a_clear_message(tmp_path: Pat
     assert "WSGIPROXY_WORKER_CLASS='sync'" in output and "expected servers.gevent_worker.LeanGeventWorker or gevent" \
         in output, output
     assert "Traceback" not in output and "Booting worker" not in output
+
+
+@integration
+def test_proxy_protocol_stops_the_lean_worker_with_a_clear_message() -> None:
+    env = {"WSGIPROXY_BIND": f"127.0.0.1:{free_port()}", "WSGIPROXY_WORKERS": "1", **AICORE_ENV}
+    result = subprocess.run(tool("gunicorn") + ["-c", str(GUNICORN_CONF), "--proxy-protocol", "v1", APP], cwd=ROOT,
+                            env=base_env(env), capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "does not read the PROXY protocol: set WSGIPROXY_WORKER_CLASS=gevent" in output, output[-2000:]
