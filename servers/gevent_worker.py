@@ -59,8 +59,11 @@ _DRAIN_LIMIT = 1 << 20  # unread request body bytes discarded to keep a connecti
 _MAX_TRAILERS = 8192
 
 
-class BadRequest(Exception):
-    """A request this worker will not serve: answered with ``status`` and the connection closed."""
+class BadRequest(ValueError):
+    """A request this worker will not serve: answered with ``status`` and the connection closed.
+
+    A ``ValueError``: an app reading a malformed chunked body from ``wsgi.input`` gets one.
+    """
 
     def __init__(self, status: int, reason: str) -> None:
         super().__init__(reason)
@@ -68,8 +71,8 @@ class BadRequest(Exception):
         self.reason = reason
 
 
-class _ClientGone(Exception):
-    """The client closed the connection in the middle of a request head or body."""
+class _ClientGone(ConnectionResetError):
+    """The client closed the connection in the middle of a request head or body (an ``OSError``)."""
 
 
 class _DateHeader:
@@ -142,7 +145,7 @@ class _Input:
     """
 
     __slots__ = ("_sock", "_buf", "_pending", "_remaining", "_chunked", "_chunk_left", "_done", "leftover",
-                 "_continue")
+                 "_continue", "_broken")
 
     def __init__(self, sock: socket.socket, buf: bytes, length: int, send_continue: bool) -> None:
         self._sock = sock
@@ -152,6 +155,7 @@ class _Input:
         self._pending = b""  # body bytes handed back by readline
         self._done = length == 0
         self._continue = send_continue and not self._done
+        self._broken = False  # a read failed: where the next request starts is unknown
         if self._chunked or len(buf) <= length:
             self._buf = buf
             self.leftover = b""
@@ -194,6 +198,13 @@ class _Input:
 
     def _next_piece(self, size: int) -> bytes:
         """Up to ``size`` body bytes (at least one), or ``b""`` at the end of the body."""
+        try:
+            return self._piece(size)
+        except (BadRequest, OSError):
+            self._broken = True
+            raise
+
+    def _piece(self, size: int) -> bytes:
         if self._pending:
             data = self._pending[:size]
             self._pending = self._pending[size:]
@@ -260,6 +271,11 @@ class _Input:
             line += piece
         return bytes(line)
 
+    @property
+    def broken(self) -> bool:
+        """A read failed (malformed, cut short, timed out): the connection cannot serve another request."""
+        return self._broken
+
     def _unread(self, data: bytes) -> None:
         self._pending = data + self._pending
 
@@ -279,14 +295,19 @@ class _Input:
 
     def finish(self) -> bytes | None:
         """Consume what the app left unread; the next request's bytes, or ``None`` if the connection must close."""
+        if self._broken:
+            return None
         if self._pending or not self._done:
             if self._continue:
                 return None  # the client waits for 100 Continue: it never sent the body
             discarded = 0
-            while piece := self._next_piece(_RECV):
-                discarded += len(piece)
-                if discarded > _DRAIN_LIMIT:
-                    return None
+            try:
+                while piece := self._next_piece(_RECV):
+                    discarded += len(piece)
+                    if discarded > _DRAIN_LIMIT:
+                        return None
+            except (BadRequest, OSError):  # malformed, cut short or timed out (the keep-alive deadline)
+                return None
         return self.leftover + self._buf
 
 
@@ -600,6 +621,8 @@ class LeanGeventWorker(GeventWorker):
             if not resp.headers_sent:
                 if not data:
                     return
+                if body.broken:
+                    resp.must_close = True  # said in the head: the connection ends after this answer
                 head = self._head(resp, http11, is_head)
                 if not resp.body_allowed:
                     send_all(sock, head)
@@ -621,7 +644,7 @@ class LeanGeventWorker(GeventWorker):
                         write(item)
                 if resp.status is None:
                     raise AssertionError("the app returned without calling start_response")
-                self._finish(resp, sock, http11, is_head)
+                self._finish(resp, sock, http11, is_head, body.broken)
             finally:
                 close = getattr(respiter, "close", None)
                 if close is not None:
@@ -649,6 +672,7 @@ class LeanGeventWorker(GeventWorker):
         self._post_request(request, environ, resp)
         if resp.must_close:
             return None
+        self._deadlines.arm(sock, self._keepalive)  # an unread body is drained for keep-alive seconds at most
         return body.finish()
 
     def _head(self, resp: Response, http11: bool, is_head: bool) -> bytes:
@@ -695,8 +719,10 @@ class LeanGeventWorker(GeventWorker):
         resp.sent += len(data)
         return data
 
-    def _finish(self, resp: Response, sock: socket.socket, http11: bool, is_head: bool) -> None:
+    def _finish(self, resp: Response, sock: socket.socket, http11: bool, is_head: bool, body_broken: bool) -> None:
         if not resp.headers_sent:
+            if body_broken:
+                resp.must_close = True
             # not resp.body_allowed: _head decides it, below; a 1xx, 204 or 304 has no Content-Length
             if resp.status_code >= 200 and resp.status_code not in _NO_BODY_STATUS and not is_head and not any(
                     name.lower() == "content-length" for name, _ in resp.headers):

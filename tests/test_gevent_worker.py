@@ -285,6 +285,8 @@ def test_malformed_chunked_framing_is_a_bad_request(wire: bytes, arrival: str) -
     with pytest.raises(BadRequest) as refused:
         body.read()
     assert refused.value.status == 400
+    assert isinstance(refused.value, ValueError)  # what an app reading wsgi.input can expect
+    assert body.finish() is None  # where the next request would start is unknown: close
 
 
 @pytest.mark.parametrize("arrival", ["buffered", "one-recv", "one-byte-pieces"])
@@ -973,3 +975,10 @@ def test_proxy_protocol_stops_the_lean_worker_with_a_clear_message() -> None:
     output = result.stdout + result.stderr
     assert result.returncode != 0, output
     assert "does not read the PROXY protocol: set WSGIPROXY_WORKER_CLASS=gevent" in output, output[-2000:]
+
+
+def test_a_body_cut_short_is_an_oserror_and_closes_the_connection() -> None:
+    body = _Input(FakeSocket(b"abc"), b"", 10, False)
+    with pytest.raises(OSError):
+        body.read()
+    assert body.finish() is None

@@ -252,6 +252,24 @@ def test_413_for_a_large_chunked_body(stack_m: Stack, sim: Sim, tmp_path: Path) 
         limited.stop()
 
 
+def test_malformed_chunked_body_is_a_400_in_openai_json_and_the_connection_closes(proxy: Server, sim: Sim) -> None:
+    host, port = proxy.url.removeprefix("http://").split(":")
+    before = sim.stats()["inference_requests"]
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        head = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                b"Content-Type: application/json\r\nAuthorization: Bearer " + DEFAULT_KEY.encode() + b"\r\n\r\n")
+        sock.sendall(head + b"zz\r\n{}\r\n0\r\n\r\n")  # not a hexadecimal chunk size
+        answer = b""
+        while chunk := sock.recv(65536):  # the server closes the connection after the answer
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+    error = json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"]
+    assert "request body could not be read" in error["message"] and "chunk" in error["message"].lower(), error
+    assert b"Connection: close" in answer.split(b"\r\n\r\n", 1)[0]
+    assert sim.stats()["inference_requests"] == before
+    assert "Traceback" not in proxy.output()
+
+
 def test_upstream_timeout_is_504_and_unreachable_is_502(stack_m: Stack, sim: Sim, tmp_path: Path) -> None:
     dead_port = free_port()
     config = tmp_path / "config.json"

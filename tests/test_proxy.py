@@ -424,3 +424,24 @@ def test_routes_outside_the_exact_table_still_route() -> None:
 def test_made_up_request_ids_are_32_hex_digits() -> None:
     ids = {client(FakeTransport()).get("/health").headers["X-Request-Id"] for _ in range(20)}
     assert len(ids) == 20 and all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+
+
+class _FailingInput:
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def read(self, size: int = -1) -> bytes:
+        raise self.error
+
+
+@pytest.mark.parametrize("error", [ValueError("Invalid chunk size"), ConnectionResetError("client gone"),
+                                   TimeoutError()])
+def test_a_body_the_server_cannot_read_is_a_400(error: Exception) -> None:
+    from wsgiproxy.body import read_body
+    from wsgiproxy.errors import ApiError
+
+    for environ in ({"wsgi.input": _FailingInput(error), "CONTENT_LENGTH": "10"},
+                    {"wsgi.input": _FailingInput(error), "HTTP_TRANSFER_ENCODING": "chunked"}):
+        with pytest.raises(ApiError) as refused:
+            read_body(environ, 1000)
+        assert refused.value.code == 400 and "request body could not be read" in refused.value.message

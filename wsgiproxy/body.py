@@ -22,7 +22,18 @@ def too_large(limit: int) -> ApiError:
 
 
 def read_body(environ: WSGIEnvironment, limit: int) -> bytes:
-    """The whole body, or 413 as soon as it exceeds ``limit`` bytes."""
+    """The whole body, or 413 as soon as it exceeds ``limit`` bytes; 400 if it cannot be read.
+
+    Servers raise ``OSError`` (the client went away, a read timed out) or ``ValueError`` (a
+    malformed chunked body) from ``wsgi.input``: the client's doing, never a 500.
+    """
+    try:
+        return _read_body(environ, limit)
+    except (OSError, ValueError) as exc:
+        raise bad_request(f"The request body could not be read: {exc or type(exc).__name__}.") from None
+
+
+def _read_body(environ: WSGIEnvironment, limit: int) -> bytes:
     stream = environ.get("wsgi.input")
     length_header = environ.get("CONTENT_LENGTH", "").strip()
     if length_header:
