@@ -982,3 +982,21 @@ def test_a_body_cut_short_is_an_oserror_and_closes_the_connection() -> None:
     with pytest.raises(OSError):
         body.read()
     assert body.finish() is None
+
+
+def test_a_response_header_with_a_line_break_is_refused_before_anything_is_sent() -> None:
+    from servers.gevent_worker import LeanGeventWorker, Response, _DateHeader
+
+    worker = LeanGeventWorker.__new__(LeanGeventWorker)
+    worker._date = _DateHeader()
+    for name, value in (("X-Evil", "a\r\nSet-Cookie: x=1"), ("X-Evil\n", "a"), ("X-Lf", "a\nb")):
+        resp = Response()
+        resp.status, resp.status_code, resp.headers = "200 OK", 200, [("Content-Length", "0"), (name, value)]
+        with pytest.raises(ValueError, match="line break"):
+            worker._head(resp, True, False)
+        assert not resp.headers_sent
+    resp = Response()
+    resp.status, resp.status_code, resp.headers = "200 OK", 200, [("Content-Length", "2"), ("X-Ok", "yes")]
+    head = worker._head(resp, True, False)
+    assert head.startswith(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Ok: yes\r\nDate: ")
+    assert head.endswith(b"\r\n\r\n")

@@ -84,10 +84,7 @@ class Transport:
         stream: bool,
     ) -> Response:
         """Send one request; with ``stream`` the body is left unread for the caller."""
-        pool = self._pool
-        if pool is None or pool.pid != os.getpid():
-            pool = self.pool
-        return pool.request(method, url, headers, body, connect_timeout, read_timeout, stream)
+        return self.pool.request(method, url, headers, body, connect_timeout, read_timeout, stream)
 
     def clear(self) -> None:
         if self._pool is not None:
