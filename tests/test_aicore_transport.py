@@ -562,7 +562,7 @@ def test_pool_is_recreated_after_fork(monkeypatch: pytest.MonkeyPatch, server: t
     first = transport.pool
     assert transport.pool is first
     assert send(transport, s.url + "/x").status == 200
-    monkeypatch.setattr("os.getpid", lambda: -42)
+    monkeypatch.setattr("wsgiproxy.process._pid", -42)  # what the fork hook sets in a child
     assert send(transport, s.url + "/x").status == 200  # a new pool: the parent's socket is not shared
     assert transport.pool is not first
     assert s.connections == 2

@@ -19,6 +19,7 @@ import re
 import time
 import typing as t
 
+from . import process
 from .aicore.catalog import Catalog
 from .aicore.client import AICoreClient
 from .aicore.transport import Transport
@@ -107,7 +108,7 @@ class _ProcessState:
     """What each process owns: created after fork, on first use."""
 
     def __init__(self, settings: Settings, transport: Transport | None) -> None:
-        self.pid = os.getpid()
+        self.pid = process.pid()
         self.catalog = Catalog(settings)
         self.metrics = Metrics.for_settings(settings)
         self.client = AICoreClient(settings, transport, self.metrics)
@@ -140,7 +141,7 @@ class WsgiProxy:
     @property
     def state(self) -> _ProcessState:
         state = self._state
-        if state is None or state.pid != os.getpid():
+        if state is None or state.pid != process.pid():
             state = self._state = _ProcessState(self.settings, self._transport)
         return state
 
@@ -205,7 +206,7 @@ class WsgiProxy:
             call = Call(environ, self.settings, state.catalog, state.client, record, args)
             return route.handler(call)
         except ApiError as exc:
-            return exc
+            return exc.detached()
         except TokenError as exc:
             log.warning("request %s: %s", request_id, exc)
             return ApiError(502, f"The proxy could not get a SAP AI Core token: {exc}.", code="upstream_auth_failed")

@@ -21,11 +21,12 @@ response) waiting first saves both.
 
 from __future__ import annotations
 
-import os
 import socket
 import ssl
 import time
 import typing as t
+
+from . import process
 
 TICK = 0.1  # seconds between sweeps: the precision of a deadline
 _GIVE_UP = 5.0  # seconds past its deadline an entry nobody waits on is dropped (never re-armed)
@@ -51,7 +52,7 @@ class Deadlines:
         if seconds is None:
             self._due.pop(sock, None)
             return
-        if self._pid != os.getpid():
+        if self._pid != process.pid():
             self._start()
         self._due[sock] = time.monotonic() + seconds
 
@@ -65,7 +66,7 @@ class Deadlines:
     def _start(self) -> None:
         import gevent
 
-        self._pid = os.getpid()
+        self._pid = process.pid()
         self._due.clear()  # entries inherited over fork belong to the parent's sockets
         gevent.spawn(self._sweep)
 

@@ -12,9 +12,9 @@ The functions here take any :class:`UpstreamResponse` (the tests' fake transport
 
 from __future__ import annotations
 
-import os
 import typing as t
 
+from .. import process
 from ..errors import UpstreamTimeout, UpstreamUnreachable
 from .http11 import READ_SIZE, Pool, Response, short_reason
 
@@ -68,7 +68,7 @@ class Transport:
     def pool(self) -> Pool:
         """This process's pool (a new one after a fork)."""
         pool = self._pool
-        if pool is None or pool.pid != os.getpid():
+        if pool is None or pool.pid != process.pid():
             pool = self._pool = Pool(self._maxsize, self._pool_timeout, self._ca_certs)
         return pool
 
