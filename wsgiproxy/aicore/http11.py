@@ -23,7 +23,6 @@ on a read timeout, :class:`ResponseBroken` when the framing is wrong or the body
 
 from __future__ import annotations
 
-import os
 import socket
 import ssl
 import sys
@@ -33,6 +32,7 @@ import typing as t
 import zlib
 from urllib.parse import quote, urlsplit
 
+from .. import process
 from ..errors import UpstreamTimeout, UpstreamUnreachable
 from ..sockets import Deadlines, send_all, wait_readable
 
@@ -219,14 +219,21 @@ class Response:
         """The whole body (read on first use, then kept)."""
         if self._data is None:
             parts = []
-            while chunk := self.read1(READ_SIZE):  # ends at the body's end; each read waits at most read_timeout
+            while chunk := self._read(READ_SIZE, False):  # ends at the body's end; each read waits at most read_timeout
                 parts.append(chunk)
             self._data = parts[0] if len(parts) == 1 else b"".join(parts)  # b"" for an empty body
         return self._data
 
     def read1(self, amt: int = READ_SIZE) -> bytes:
         """Body bytes as they arrive: what one socket read completes (more reads only while that is
-        nothing, e.g. a chunk-size line split across packets); ``b""`` at the end of the body."""
+        nothing, e.g. a chunk-size line split across packets); ``b""`` at the end of the body.
+
+        Each call waits for the socket before it reads: a streamed body's next event comes long
+        after the last one was relayed, so a read first would fail (and raise) almost every time.
+        """
+        return self._read(amt, True)
+
+    def _read(self, amt: int, wait_first: bool) -> bytes:
         if self._done:
             return b""
         sock = self._sock
@@ -235,6 +242,9 @@ class Response:
         while True:  # every pass reads at least one byte from the socket, or ends the body
             if receive:
                 self._deadlines.arm(sock, self._timeout)  # type: ignore[union-attr]
+                if wait_first:
+                    wait_readable(sock)
+                    wait_first = False
                 data = sock.recv(amt)
                 if not data:
                     return self._eof()
@@ -538,7 +548,7 @@ class Pool:
         self.maxsize = maxsize
         self.pool_timeout = pool_timeout
         self.ca_certs = ca_certs
-        self.pid = os.getpid()
+        self.pid = process.pid()
         self.origins: dict[str, Origin] = {}
         self._tls: ssl.SSLContext | None = None
         self.deadlines = Deadlines()
