@@ -50,8 +50,10 @@ class FakeResponse:
             self.pieces[0] = piece[amt:]
             return piece[:amt]
         if self.error is not None:
-            error, self.error = self.error, None
-            raise error
+            try:
+                raise self.error  # not through a local: the traceback's frame would hold it (a cycle)
+            finally:
+                self.error = None
         self.done = True
         return b""
 

@@ -121,6 +121,16 @@ class ApiError(Exception):
         self.error_type = type or _OPENAI_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
         self.extra_headers = dict(headers or {})
 
+    def detached(self) -> ApiError:
+        """This error without its traceback and the exception it replaced, to be kept as the answer.
+
+        A caught error's traceback holds the frames it went through, and those frames hold the
+        variable the answer is kept in: a reference cycle per failed request, which only the
+        garbage collector would free, request body and all.
+        """
+        self.__traceback__ = self.__context__ = self.__cause__ = None
+        return self
+
     def payload(self, face: str = "openai") -> dict[str, t.Any]:
         if face == ANTHROPIC:
             return {"type": "error", "error": {"type": anthropic_type(self.code or 500), "message": self.message}}
