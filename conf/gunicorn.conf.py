@@ -17,6 +17,7 @@
 # | WSGIPROXY_KEEPALIVE           | keepalive           | 5                                       |
 # | WSGIPROXY_MAX_REQUESTS        | max_requests        | 0 (workers are never recycled)          |
 # | WSGIPROXY_MAX_REQUESTS_JITTER | max_requests_jitter | 0                                       |
+# | WSGIPROXY_GC_THRESHOLD        | (worker GC, gen. 0) | 10000 allocations; 0 = Python's 700     |
 # | WSGIPROXY_ACCESSLOG           | accesslog           | - (stdout); "off" disables it           |
 # | WSGIPROXY_ERRORLOG            | errorlog            | - (stderr)                              |
 # | WSGIPROXY_LOG_LEVEL           | loglevel            | info (also the app's log level)         |
@@ -119,6 +120,10 @@ worker_connections = _env_int("WSGIPROXY_WORKER_CONNECTIONS", 1000, minimum=1)
 # graceful_timeout: leave recycling off unless memory grows (ops-notes §1.5).
 max_requests = _env_int("WSGIPROXY_MAX_REQUESTS", 0)
 max_requests_jitter = _env_int("WSGIPROXY_MAX_REQUESTS_JITTER", 0)
+# Each worker freezes its boot-time objects and runs the youngest GC generation every
+# WSGIPROXY_GC_THRESHOLD allocations instead of 700 (0: Python's defaults). Checked here, set
+# in post_worker_init (servers/gunicorn_hooks.py tune_gc).
+gunicorn_hooks.gc_threshold()
 
 # --- timeouts ----------------------------------------------------------------------------
 # `timeout` is NOT a request deadline under gevent: it is the worker heartbeat. The gevent

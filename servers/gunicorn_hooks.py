@@ -173,7 +173,43 @@ def post_worker_init(worker: Worker) -> None:
     from wsgiproxy.metrics import worker_started
 
     worker_started()
+    tune_gc(gc_threshold())
     worker.log.debug("wsgiproxy: worker %s ready", worker.pid)
+
+
+GC_THRESHOLD_ENV = "WSGIPROXY_GC_THRESHOLD"
+DEFAULT_GC_THRESHOLD = 10_000
+
+
+def gc_threshold() -> int:
+    """``WSGIPROXY_GC_THRESHOLD``: the worker's first-generation GC threshold (0: Python's own settings)."""
+    value = os.environ.get(GC_THRESHOLD_ENV, "").strip()
+    if not value:
+        return DEFAULT_GC_THRESHOLD
+    if not value.isdigit():
+        raise SystemExit(f"gunicorn.conf.py: {GC_THRESHOLD_ENV}={value!r}: expected an integer >= 0")
+    return int(value)
+
+
+def tune_gc(threshold: int) -> None:
+    """Freeze what the worker holds at boot and collect the youngest generation less often.
+
+    A worker with many requests in flight holds tens of thousands of young objects (greenlets,
+    sockets, generators) that live for the length of a stream. With Python's threshold of 700
+    allocations, the collector scans them again and again before they die, about 7 % of the
+    CPU of a worker relaying 1000 streams (``make bench``). The objects of the imports and the
+    config are frozen: never scanned again. The proxy makes no reference cycles per request, so a
+    later collection frees no more memory, and one pass over ``threshold`` young objects takes
+    a few milliseconds. 0 leaves Python's settings as they are.
+    """
+    if threshold <= 0:
+        return
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    _, second, third = gc.get_threshold()
+    gc.set_threshold(threshold, second, third)
 
 
 def worker_exit(server: Arbiter, worker: Worker) -> None:
