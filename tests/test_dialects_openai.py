@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from wsgiproxy.dialects.openai import ChatStream, chat_upstream_body, error_event
+from wsgiproxy.dialects.openai import ChatStream, chat_upstream_body, error_event, passes_through
 
 FIXTURES = Path(__file__).parent / "fixtures" / "sse"
 
@@ -132,3 +132,51 @@ def test_plain_reads_pass_through_as_the_decoder_would_give_them() -> None:
     assert stream.feed(b"".join(events)) == [b"".join(events)] and stream.finished  # one element, as it came
     assert stream.feed(b"data: [DONE]\n\n") == [b"data: [DONE]\n\n"]
     assert stream.feed(events[0]) == [], "nothing after [DONE]"
+
+
+def test_passes_through_only_whole_content_events() -> None:
+    content = b'data: {"choices":[{"delta":{"content":"a"},"index":0}]}\n\n'
+    assert passes_through(content) and passes_through(content * 3)
+    for chunk in (
+        b'data: {"choices":[],"usage":{"total_tokens":2}}\n\n',  # usage-only
+        b'data: {"choices": [],"prompt_filter_results":[]}\n\n',  # Azure's filter chunk, spaced
+        content + b"data: [DONE]\n\n",
+        content + b'data: {"choices":[]}\n\n',
+        content[:-1], content[:-2], content + content[:20],  # an event cut short
+        content.replace(b"\n\n", b"\r\n\r\n"),
+        b"event: x\n" + content, b": ping\n\n" + content, content + b": ping\n\n",
+        b'data: {"a":1}\ndata: {"choices":[{"b":2}]}\n\n',  # two data lines: one event joined by LF
+        content + b"\n" + content,  # an extra blank line
+        b'data: {"choices": [{"delta":{}}]}\n\n',  # spaced: decoded the slow way (same output)
+        b"",
+    ):
+        assert not passes_through(chunk), chunk
+
+
+_EVENTS = st.sampled_from([
+    b'data: {"choices":[{"delta":{"role":"assistant","content":""},"finish_reason":null,"index":0}]}\n\n',
+    b'data: {"choices":[{"delta":{"content":"hi \\"finish_reason\\":\\"x\\" [DONE]"},"index":0}]}\n\n',
+    b'data: {"choices": [{"delta":{"content":"spaced"},"finish_reason": null}]}\n\n',
+    b'data: {"choices":[{"delta":{},"finish_reason":"stop","index":0}]}\n\n',
+    b'data: {"choices":[{"delta":{},"finish_reason": "length","index":0}]}\r\n\r\n',
+    b'data: {"choices":[],"prompt_filter_results":[{"prompt_index":0}]}\n\n',
+    b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}\n\n',
+    b": keep-alive\n\n",
+    b"data: [DONE]\n\n",
+])
+
+
+@given(st.lists(_EVENTS, max_size=12), st.lists(st.integers(1, 400), max_size=8), st.booleans())
+def test_passing_reads_through_gives_what_decoding_every_event_gives(events: list[bytes], cuts: list[int],
+                                                                     wants_usage: bool) -> None:
+    data = b"".join(events)
+    pieces, at = [], 0
+    for cut in sorted(set(cuts)):
+        pieces.append(data[at:cut])
+        at = cut
+    pieces.append(data[at:])
+    fast, slow = ChatStream(wants_usage), ChatStream(wants_usage)
+    fast_out = b"".join(b"".join(fast.feed(piece)) for piece in pieces if piece) + b"".join(fast.finish())
+    slow_out = b"".join(b"".join(slow.feed(data[i:i + 1])) for i in range(len(data))) + b"".join(slow.finish())
+    assert fast_out == slow_out  # one byte per read never passes through whole
+    assert (fast.finished, fast.done, fast.usage) == (slow.finished, slow.done, slow.usage)

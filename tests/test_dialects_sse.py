@@ -84,13 +84,3 @@ def test_flush_returns_an_unterminated_event() -> None:
 def test_encode() -> None:
     assert encode(b"x") == b"data: x\n\n"
     assert encode(b"{}", b"ping") == b"event: ping\ndata: {}\n\n"
-
-
-def test_plain_events_are_whole_single_line_data_events_only() -> None:
-    from wsgiproxy.dialects.sse import plain_events
-
-    assert plain_events(b"data: {}\n\n") == 1
-    assert plain_events(b"data: a\n\ndata: b: c\n\n") == 2
-    for chunk in (b"data: a\n\ndata: b", b"data: a\n", b"data: a\r\n\r\n", b"event: x\ndata: a\n\n",
-                  b"data: a\ndata: b\n\n", b"data: a\n\n\ndata: b\n\n", b": ping\n\n", b"data:a\n\n", b""):
-        assert plain_events(chunk) == 0, chunk

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import typing as t
 
-from .sse import DONE, SSEDecoder, encode, plain_events
+from .sse import DONE, SSEDecoder, encode
 
 _DONE_EVENT = encode(DONE)
 
@@ -41,6 +41,32 @@ def error_event(message: str, *, type: str = "api_error", code: str | None = "up
     return encode(json.dumps({"error": {"message": message, "type": type, "param": None, "code": code}}).encode())
 
 
+def passes_through(chunk: bytes) -> bool:
+    """Whether ``chunk`` is whole ``data: {...}`` events, each on one line and each with a
+    non-empty ``choices`` array: what the filter below would send on byte for byte.
+
+    Scanning a read costs about 1 ns per byte on a bench core and a stream event is a few hundred
+    bytes, so this makes four scans of it where a check per marker made ten. ``"choices":[{``
+    cannot occur inside a JSON string (its quotes would be escaped), so counting it counts the
+    events with content; an empty ``choices``, ``[DONE]`` or any other line makes a count differ.
+    """
+    if not (chunk.startswith(b"data: {") and chunk.endswith(b"}\n\n")) or b"\r" in chunk:
+        return False
+    events = chunk.count(b"}\n\ndata: {") + 1
+    return chunk.count(b"\n") == 2 * events and chunk.count(b'"choices":[{') == events
+
+
+def _finishes(chunk: bytes) -> bool:
+    """Whether an event of ``chunk`` has a ``finish_reason`` (a string, not ``null``)."""
+    at = chunk.find(b'"finish_reason":')
+    while at >= 0:
+        at += 16
+        if chunk.startswith(b'"', at) or chunk.startswith(b' "', at):
+            return True
+        at = chunk.find(b'"finish_reason":', at)
+    return False
+
+
 class ChatStream:
     """Filters an upstream chat-completions SSE stream for an OpenAI client.
 
@@ -58,15 +84,8 @@ class ChatStream:
         self.finished = False  # a finish_reason was seen
 
     def feed(self, chunk: bytes) -> list[bytes]:
-        if (
-            not self.done
-            and self._decoder.idle
-            and plain_events(chunk)
-            and b"[DONE]" not in chunk
-            and b'"choices":[]' not in chunk
-            and b'"choices": []' not in chunk
-        ):
-            if b'"finish_reason":"' in chunk or b'"finish_reason": "' in chunk:
+        if not self.done and self._decoder.idle and passes_through(chunk):
+            if not self.finished and _finishes(chunk):
                 self.finished = True
             return [chunk]
         out = []

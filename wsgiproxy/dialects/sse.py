@@ -51,19 +51,6 @@ class SSEDecoder:
         return [event] if event is not None else []
 
 
-def plain_events(chunk: bytes) -> int:
-    """How many events ``chunk`` holds when it is nothing but whole ``data: <one line>`` events
-    (what OpenAI-style streams send), else 0.
-
-    Such a chunk is what decoding it and encoding every event again would give, byte for byte:
-    its newlines are exactly the two ending each event, each one followed by the next ``data: ``.
-    """
-    if not chunk.startswith(b"data: ") or not chunk.endswith(b"\n\n") or b"\r" in chunk:
-        return 0
-    events = chunk.count(b"\n\ndata: ") + 1
-    return events if chunk.count(b"\n") == 2 * events else 0
-
-
 def parse_block(block: bytes) -> Event | None:
     """One event from its lines; ``None`` for blocks with no data (comments, keep-alives)."""
     if block.startswith(b"data: ") and b"\n" not in block:
