@@ -32,7 +32,7 @@ test: $(STAMP)
 smoke: $(STAMP)
 	$(VPY) tests/smoke.py
 
-# Load benchmark (tests/bench/): the proxy next to a direct fake upstream and nginx; about 5 minutes.
+# Load benchmark (tests/bench/): the proxy next to a direct fake upstream and nginx; about 8 minutes.
 # BENCH_ARGS=--quick (about 1 minute), --soak (100k requests, RSS growth), --profile (needs py-spy).
 # Needs wrk, nginx and its echo module: installed with apt-get when missing and running as root.
 BENCH_DEBS := wrk nginx-light libnginx-mod-http-echo

@@ -1,11 +1,12 @@
 """The benchmark behind ``make bench``: wsgiproxy next to a direct upstream and nginx.
 
-    python -m tests.bench            # full run, about 5 minutes
+    python -m tests.bench            # full run: 3 rounds of every point, about 8 minutes
     python -m tests.bench --quick    # about 1 minute, fewer seconds per point
     python -m tests.bench --soak     # 100k requests in a row through the proxy, RSS sampled
     python -m tests.bench --profile  # py-spy of the proxy worker under load (see PROFILE.md)
 
-Targets, all up at once and measured point by point in turn (so machine noise hits all alike):
+Targets, all up at once and measured point by point in turn (so machine noise hits all alike; a
+full run measures every point three times, the targets taking turns, and reports the medians):
 
 * ``direct``: the load generator against the fake upstream (nginx, static JSON and an echo-module
   SSE stream), to show the upstream is far faster than the proxy;
@@ -36,6 +37,7 @@ import platform
 import resource
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -62,11 +64,42 @@ class Mode:
     stream_s: float  # seconds during which new streams start
     levels: tuple[int, ...] = (1, 16, 64, 256)
     streams: tuple[int, ...] = (100, 1000)
-    extra_proxy: bool = False  # also the proxy with the access log off
+    extra_proxy: bool = False  # also the stock-worker targets
+    rounds: int = 1  # each point measured this many times, the targets taking turns; the median is reported
 
 
 QUICK = Mode("quick", point_s=3.0, stream_s=3.0)
-FULL = Mode("full", point_s=8.0, stream_s=8.0, extra_proxy=True)
+FULL = Mode("full", point_s=3.0, stream_s=4.0, extra_proxy=True, rounds=3)
+
+# Fields of a load result that add up over rounds; every other number is the median of the rounds.
+_SUMMED = frozenset({"requests", "streams", "completed", "errors", "connections", "connect_errors", "read_errors",
+                     "write_errors", "status_errors", "timeouts"})
+
+
+def median_row(rows: list[dict[str, t.Any]]) -> dict[str, t.Any]:
+    """One point from its rounds: counts summed, figures the median of the rounds (percentiles too, key by
+    key), peak RSS the highest; ``rounds`` keeps each round's CPU per request to show the spread."""
+    if len(rows) == 1:
+        return rows[0] | {"rounds": [rows[0]["cpu_us_per_req"]]}
+    out: dict[str, t.Any] = {}
+    for key, first in rows[0].items():
+        values = [row[key] for row in rows if key in row]
+        if key == "peak_rss_kb":
+            out[key] = max(values)
+        elif key in _SUMMED:
+            out[key] = sum(values)
+        elif isinstance(first, bool) or not isinstance(first, (int, float, dict, list)):
+            out[key] = first
+        elif isinstance(first, (int, float)):
+            out[key] = statistics.median(values)
+        elif key == "error_kinds":
+            out[key] = {kind: sum(v.get(kind, 0) for v in values) for kind in {k for v in values for k in v}}
+        elif isinstance(first, dict):
+            out[key] = {k: statistics.median(v[k] for v in values) for k in first}
+        else:
+            out[key] = [item for v in values for item in v][:5]
+    out["rounds"] = [row["cpu_us_per_req"] for row in rows]
+    return out
 
 
 class RssSampler:
@@ -253,34 +286,41 @@ class Bench:
             for target in self.targets.values():
                 self.warm_up(target)
             for level in mode.levels:
-                for name in names:
-                    target = self.targets[name]
-                    url = target.url + target.chat_path
-                    row = self.measure(target, samplers[name],
-                                       functools.partial(wrk, url, self.bodies["chat"], self.key(target), level,
-                                                         mode.point_s),
-                                       "requests")
-                    row |= {"target": name, "concurrency": level,
-                            "rps": round(row["requests"] / (row["duration_us"] / 1e6), 1),
-                            "errors": sum(row[k] for k in ("connect_errors", "read_errors", "write_errors",
-                                                           "status_errors", "timeouts"))}
-                    report["nonstream"].append(row)
-                    _say(f"{name:12} c={level:<4} {row['rps']:9.1f} req/s  p50 {row['lat_p50_us'] / 1000:7.3f} ms  "
-                         f"p99 {row['lat_p99_us'] / 1000:7.3f} ms  {row['cpu_us_per_req']:7.1f} us/req  "
-                         f"errors {row['errors']}")
+                rounds: dict[str, list[dict[str, t.Any]]] = {name: [] for name in names}
+                for turn in range(mode.rounds):
+                    for name in names:
+                        target = self.targets[name]
+                        url = target.url + target.chat_path
+                        row = self.measure(target, samplers[name],
+                                           functools.partial(wrk, url, self.bodies["chat"], self.key(target), level,
+                                                             mode.point_s),
+                                           "requests")
+                        row |= {"target": name, "concurrency": level,
+                                "rps": round(row["requests"] / (row["duration_us"] / 1e6), 1),
+                                "errors": sum(row[k] for k in ("connect_errors", "read_errors", "write_errors",
+                                                               "status_errors", "timeouts"))}
+                        rounds[name].append(row)
+                        _say(f"{name:12} c={level:<4} {row['rps']:9.1f} req/s  p50 {row['lat_p50_us'] / 1000:7.3f} ms"
+                             f"  p99 {row['lat_p99_us'] / 1000:7.3f} ms  {row['cpu_us_per_req']:7.1f} us/req  "
+                             f"errors {row['errors']}  (round {turn + 1}/{mode.rounds})")
+                report["nonstream"] += [median_row(rows) for rows in rounds.values()]
             for streams in mode.streams:
-                for name in names:
-                    target = self.targets[name]
-                    url = target.url + target.stream_path
-                    row = self.measure(target, samplers[name],
-                                       functools.partial(sse_load, url, self.bodies["stream"], self.key(target),
-                                                         streams, mode.stream_s, self.scratch), "completed")
-                    row |= {"target": name}
-                    report["stream"].append(row)
-                    _say(f"{name:12} streams={streams:<5} ok {row['completed']:6} errors {row['errors']:4}  "
-                         f"TTFB p50 {row['ttfb_ms']['p50']:7.1f} p99 {row['ttfb_ms']['p99']:7.1f} ms  "
-                         f"total p50 {row['total_ms']['p50']:7.1f} p99 {row['total_ms']['p99']:7.1f} ms  "
-                         f"RSS {row['peak_rss_kb'] / 1024:6.1f} MB")
+                rounds = {name: [] for name in names}
+                for turn in range(mode.rounds):
+                    for name in names:
+                        target = self.targets[name]
+                        url = target.url + target.stream_path
+                        row = self.measure(target, samplers[name],
+                                           functools.partial(sse_load, url, self.bodies["stream"], self.key(target),
+                                                             streams, mode.stream_s, self.scratch), "completed")
+                        row |= {"target": name}
+                        rounds[name].append(row)
+                        _say(f"{name:12} streams={streams:<5} ok {row['completed']:6} errors {row['errors']:4}  "
+                             f"TTFB p50 {row['ttfb_ms']['p50']:7.1f} p99 {row['ttfb_ms']['p99']:7.1f} ms  "
+                             f"total p50 {row['total_ms']['p50']:7.1f} p99 {row['total_ms']['p99']:7.1f} ms  "
+                             f"{row['cpu_us_per_req']:6.0f} us/stream  RSS {row['peak_rss_kb'] / 1024:6.1f} MB  "
+                             f"(round {turn + 1}/{mode.rounds})")
+                report["stream"] += [median_row(rows) for rows in rounds.values()]
             for name, target in self.targets.items():
                 report["memory"][name] = {
                     "workers": len(target.workers),
@@ -420,6 +460,14 @@ def checks(report: dict[str, t.Any]) -> list[dict[str, t.Any]]:
     return out
 
 
+def _spread(row: dict[str, t.Any]) -> str:
+    """CPU per request: the median, and the range of the rounds when there were several."""
+    rounds = row.get("rounds") or []
+    if len(rounds) < 2:
+        return f"{row['cpu_us_per_req']:.0f}"
+    return f"{row['cpu_us_per_req']:.0f} ({min(rounds):.0f}–{max(rounds):.0f})"
+
+
 def markdown(report: dict[str, t.Any]) -> str:
     env = report["environment"]
     lines = [f"# wsgiproxy benchmark: {report['mode']} run", "",
@@ -444,7 +492,7 @@ def markdown(report: dict[str, t.Any]) -> str:
         for r in sorted(report["nonstream"], key=lambda r: (r["concurrency"], _order(r["target"]))):
             ratio = r["rps"] / direct[r["concurrency"]] if direct.get(r["concurrency"]) else 0
             lines.append(f"| {r['target']} | {r['concurrency']} | {r['rps']:,.0f} | {ratio:.3f} | "
-                         f"{r['lat_p50_us'] / 1000:.3f} | {r['lat_p99_us'] / 1000:.3f} | {r['cpu_us_per_req']:.0f} | "
+                         f"{r['lat_p50_us'] / 1000:.3f} | {r['lat_p99_us'] / 1000:.3f} | {_spread(r)} | "
                          f"{r['master_cpu_us_per_req']:.1f} | {r['errors']} | {r['worker_cpu_pct']:.0f} | "
                          f"{r['upstream_cpu_pct']:.0f} | {r['loadgen_cpu_pct']:.0f} |")
         lines.append("")
@@ -456,7 +504,7 @@ def markdown(report: dict[str, t.Any]) -> str:
         for r in sorted(report["stream"], key=lambda r: (r["concurrency"], _order(r["target"]))):
             lines.append(f"| {r['target']} | {r['concurrency']} | {r['completed']:,} | {r['errors']} | "
                          f"{r['ttfb_ms']['p50']:.1f} | {r['ttfb_ms']['p99']:.1f} | {r['total_ms']['p50']:.0f} | "
-                         f"{r['total_ms']['p99']:.0f} | {r['streams_per_s']:,.0f} | {r['cpu_us_per_req']:.0f} | "
+                         f"{r['total_ms']['p99']:.0f} | {r['streams_per_s']:,.0f} | {_spread(r)} | "
                          f"{r['peak_rss_kb'] / 1024:.1f} | {r['worker_cpu_pct']:.0f} | {r['loadgen_cpu_pct']:.0f} |")
         lines.append("")
     if report.get("memory"):
@@ -481,6 +529,12 @@ def markdown(report: dict[str, t.Any]) -> str:
             met = "—" if c["ok"] is None else "yes" if c["ok"] else "no"
             lines.append(f"| {c['target']} | {c['measured']} | {c['goal']} | {met} |")
         lines.append("")
+    rounds = max((len(r.get("rounds") or []) for r in report.get("nonstream", []) + report.get("stream", [])),
+                 default=1)
+    if rounds > 1:
+        lines += [f"Each point was measured {rounds} times, the targets taking turns, so a burst of load from the "
+                  "machine's other tenants hits them alike; the tables show the median of the rounds (counts are "
+                  "summed) and, for CPU, the range of the rounds in brackets.", ""]
     lines += ["CPU µs/req: the target's worker processes (utime+stime from /proc) over the requests completed in "
               "that point; for `direct` that is the fake upstream's nginx worker. Upstream/loadgen CPU % show that "
               "the fake upstream and the load generators are not the bottleneck (they share core 1).", ""]
