@@ -21,8 +21,16 @@ the result to ``logging`` (a LogRecord, the handler's lock, its formatter, write
 
 Anything unusual (a format with a positional ``%s``, an error while formatting, a request
 missing what gunicorn reads on every request) is handed to the parent's ``access``, so its
-behaviour, error messages included, is gunicorn's. The streams are looked up on every line,
+behaviour, error messages included, is gunicorn's. The streams are looked up on every write,
 so USR1 (``reopen_files``) needs nothing special; the cached handler check is reset anyway.
+
+In a gevent worker the lines of one turn of the event loop are written together, in order,
+with one lock, one ``write`` and one flush, when the loop turns (the way nginx's ``access_log
+... buffer=`` works, without its timer): under load that is tens of lines per write instead of a
+lock, a write and a flush per request (about 18 µs of CPU per request with `make bench`'s 64
+clients). A line waits at most for the requests the loop is serving in that turn. ``flush_access``
+writes what is pending; the ``worker_exit`` hook and ``reopen_files`` call it, so only a worker
+killed outright can lose the lines of its last turn.
 """
 
 from __future__ import annotations
@@ -34,6 +42,8 @@ import time
 import typing as t
 
 from gunicorn.glogging import Logger
+
+from wsgiproxy import process
 
 Getter = t.Callable[[t.Any, t.Any, t.Any, t.Any], object]
 # (how, the handlers seen, for "direct": (handler, is a FileHandler, its formatter) each)
@@ -200,11 +210,46 @@ class FastAccessLogger(Logger):  # type: ignore[misc]  # gunicorn ships no type 
         self._format = ""
         self._sinks: Sinks | None = None
         self._clock: tuple[int, str] = (-1, "")
+        self._pending: list[str] = []
+        self._loop: t.Any = None  # this process's gevent loop, False without gevent
+        self._loop_pid = 0
         super().setup(cfg)
 
     def reopen_files(self) -> None:
+        self.flush_access()
         super().reopen_files()
-        self._sinks = None  # streams are read per line anyway; re-check the handlers too
+        self._sinks = None  # streams are read per write anyway; re-check the handlers too
+
+    def flush_access(self) -> None:
+        """Write the access lines still waiting for the event loop to turn."""
+        lines, self._pending = self._pending, []
+        if not lines or self._loop_pid != process.pid():
+            return  # nothing, or lines a parent process left behind before a fork
+        sinks = self._sinks
+        log = self.access_log
+        if sinks is None or sinks[0] != _DIRECT or log.handlers != sinks[1] or log.propagate or log.filters:
+            for line in lines:  # the handlers changed since: one record each, the slow way
+                log.info(line)
+            return
+        for handler, is_file, _formatter in sinks[2]:
+            if _INFO >= handler.level:
+                _write(handler, is_file, handler.terminator.join(lines))
+
+    def _event_loop(self) -> t.Any:
+        """The gevent loop of this process when the socket module is patched (a gevent worker), else False."""
+        pid = process.pid()
+        if self._loop_pid != pid:
+            self._loop_pid = pid
+            self._pending = []
+            self._loop = False
+            import sys
+
+            monkey = sys.modules.get("gevent.monkey")
+            if monkey is not None and monkey.is_module_patched("socket"):
+                import gevent
+
+                self._loop = gevent.get_hub().loop
+        return self._loop
 
     # -- the line ------------------------------------------------------------------------
 
@@ -328,8 +373,16 @@ class FastAccessLogger(Logger):  # type: ignore[misc]  # gunicorn ships no type 
         for handler, _is_file, formatter in direct:
             if handler.formatter is not formatter or handler.filters:
                 self._sinks = None  # changed since the check: this line and later ones the slow way
+                self.flush_access()
                 super().access(resp, req, environ, request_time)
                 return
+        loop = self._loop if self._loop_pid == process.pid() else self._event_loop()
+        if loop:
+            pending = self._pending
+            pending.append(line)
+            if len(pending) == 1:
+                loop.run_callback(self.flush_access)
+            return
         for handler, is_file, _formatter in direct:
             if _INFO >= handler.level:
                 _write(handler, is_file, line)

@@ -309,3 +309,76 @@ def test_reload_recompiles_the_format() -> None:
     pair.fast.setup(cfg)  # what a HUP runs
     gunicorn_handler().setStream(pair.buffer)
     assert pair.line(pair.fast, *CASES[0][1:]) == "POST /v1/chat/completions\n"
+
+
+_BATCHED = r'''
+from gevent import monkey
+monkey.patch_all()
+import io, os, sys
+import gevent
+sys.path.insert(0, os.getcwd())
+from gunicorn.config import Config
+from servers.access_log import FastAccessLogger
+from tests.test_access_log import ELAPSED, Req, Resp, environ, gunicorn_handler
+
+class Counting(io.StringIO):
+    writes = 0
+    def write(self, text):
+        Counting.writes += 1
+        return super().write(text)
+
+cfg = Config()
+cfg.set("accesslog", "-")
+fast = FastAccessLogger(cfg)
+out = Counting()
+gunicorn_handler().setStream(out)
+for path in ("/a", "/b", "/c"):
+    fast.access(Resp(), Req(), environ(RAW_URI=path), ELAPSED)
+print("before the loop turns:", repr(out.getvalue()))
+gevent.sleep(0)
+lines = out.getvalue().splitlines()
+print("after:", [line.split('"')[1] for line in lines], "writes:", Counting.writes)
+fast.access(Resp(), Req(), environ(RAW_URI="/d"), ELAPSED)
+fast.flush_access()
+print("flushed:", out.getvalue().splitlines()[-1].split('"')[1])
+fast.access(Resp(), Req(), environ(RAW_URI="/e"), ELAPSED)
+child = os.fork()
+if child == 0:
+    fast.flush_access()
+    os._exit(0 if "/e" not in out.getvalue() else 1)
+_, status = os.waitpid(child, 0)
+print("child wrote the parent's line:", status != 0)
+'''
+
+
+def test_a_gevent_worker_writes_the_lines_of_one_loop_turn_at_once(tmp_path: Path) -> None:
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", _BATCHED], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [
+        "before the loop turns: ''",
+        "after: ['POST /a HTTP/1.1', 'POST /b HTTP/1.1', 'POST /c HTTP/1.1'] writes: 1",
+        "flushed: POST /d HTTP/1.1",
+        "child wrote the parent's line: False",
+    ]
+
+
+def test_the_worker_exit_hook_writes_the_pending_access_lines() -> None:
+    from servers import gunicorn_hooks
+
+    calls: list[object] = []
+
+    class Log:
+        def flush_access(self) -> None:
+            calls.append("flushed")
+
+        def warning(self, *args: object) -> None:
+            calls.append(args)
+
+    class Worker:
+        log = Log()
+        pid = 1
+
+    gunicorn_hooks.worker_exit(None, Worker())
+    assert calls == ["flushed"]
