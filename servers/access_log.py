@@ -225,31 +225,33 @@ class FastAccessLogger(Logger):  # type: ignore[misc]  # gunicorn ships no type 
         lines, self._pending = self._pending, []
         if not lines or self._loop_pid != process.pid():
             return  # nothing, or lines a parent process left behind before a fork
-        sinks = self._sinks
-        log = self.access_log
-        if sinks is None or sinks[0] != _DIRECT or log.handlers != sinks[1] or log.propagate or log.filters:
+        mode, _, direct = self._fresh_sinks()
+        if mode != _DIRECT:
             for line in lines:  # the handlers changed since: one record each, the slow way
-                log.info(line)
+                self.access_log.info(line)
             return
-        for handler, is_file, _formatter in sinks[2]:
-            if _INFO >= handler.level:
-                _write(handler, is_file, handler.terminator.join(lines))
+        _write_direct(direct, lines)
 
     def _event_loop(self) -> t.Any:
-        """The gevent loop of this process when the socket module is patched (a gevent worker), else False."""
+        """This process's gevent loop in a gevent worker, else False."""
         pid = process.pid()
         if self._loop_pid != pid:
             self._loop_pid = pid
             self._pending = []
             self._loop = False
-            import sys
-
-            monkey = sys.modules.get("gevent.monkey")
-            if monkey is not None and monkey.is_module_patched("socket"):
+            if process.gevent_patched():
                 import gevent
 
                 self._loop = gevent.get_hub().loop
         return self._loop
+
+    def _fresh_sinks(self) -> Sinks:
+        """Where lines go: the cached answer, worked out again when the access logger changed."""
+        log = self.access_log
+        sinks = self._sinks
+        if sinks is None or log.handlers != sinks[1] or log.propagate or log.filters:
+            sinks = self._sinks = self._resolve_sinks()
+        return sinks
 
     # -- the line ------------------------------------------------------------------------
 
@@ -354,10 +356,7 @@ class FastAccessLogger(Logger):  # type: ignore[misc]  # gunicorn ships no type 
         if not self.access_log_enabled:
             return
         log = self.access_log
-        sinks = self._sinks
-        if sinks is None or log.handlers != sinks[1] or log.propagate or log.filters:
-            sinks = self._sinks = self._resolve_sinks()
-        mode, _, direct = sinks
+        mode, _, direct = self._fresh_sinks()
         if mode == _PARENT:
             super().access(resp, req, environ, request_time)
             return
@@ -383,9 +382,14 @@ class FastAccessLogger(Logger):  # type: ignore[misc]  # gunicorn ships no type 
             if len(pending) == 1:
                 loop.run_callback(self.flush_access)
             return
-        for handler, is_file, _formatter in direct:
-            if _INFO >= handler.level:
-                _write(handler, is_file, line)
+        _write_direct(direct, [line])
+
+
+def _write_direct(direct: list[tuple[logging.Handler, bool, t.Any]], lines: list[str]) -> None:
+    """The lines, in one write, to each handler whose level lets INFO through."""
+    for handler, is_file, _formatter in direct:
+        if _INFO >= handler.level:
+            _write(handler, is_file, handler.terminator.join(lines))
 
 
 def _write(handler: t.Any, is_file: bool, line: str) -> None:

@@ -32,7 +32,7 @@ class Answer:
     __slots__ = ("_status", "_headers", "_body")
 
     def __init__(self, status: int, headers: t.Iterable[tuple[str, str]], body: bytes | t.Iterable[bytes]) -> None:
-        self._status = _STATUS_LINES.get(status) or f"{status} Unknown"  # status_line(), without the call
+        self._status = status_line(status)
         if isinstance(body, bytes):
             self._headers = [*headers, ("Content-Length", str(len(body)))]
             self._body: t.Iterable[bytes] = (body,)

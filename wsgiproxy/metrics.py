@@ -55,6 +55,7 @@ import typing as t
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from . import process
 from .answers import Reply
 
 if t.TYPE_CHECKING:
@@ -174,14 +175,6 @@ def _observe_all(child: Child, values: list[float]) -> None:
             child._buckets[index].inc(count)
 
 
-def _gevent_patched() -> bool:
-    try:
-        from gevent import monkey
-    except ImportError:  # pragma: no cover - gevent is a dependency
-        return False
-    return bool(monkey.is_module_patched("threading"))
-
-
 class _Instruments:
     """The metric objects themselves; in multiprocess mode there must be one set per process."""
 
@@ -212,7 +205,7 @@ class _Instruments:
                                    "Streams the client closed before they ended.", ("endpoint", "model"),
                                    registry=registry)
         # Multiprocess mode under gevent: values are summed in memory and written once a second.
-        self.batch = _Batch(self.in_flight) if registry is None and _gevent_patched() else None
+        self.batch = _Batch(self.in_flight) if registry is None and process.gevent_patched() else None
 
 
 _shared: dict[int, _Instruments] = {}  # multiprocess mode: pid -> the one set of this process

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import socket
 import ssl
-import sys
 import threading
 import time
 import typing as t
@@ -73,8 +72,7 @@ class _Semaphore(t.Protocol):
 
 def _semaphore(value: int) -> _Semaphore:
     """gevent's (C) semaphore when threading is patched, else the (pure Python) threading one."""
-    monkey = sys.modules.get("gevent.monkey")
-    if monkey is not None and monkey.is_module_patched("threading"):
+    if process.gevent_patched():
         from gevent.lock import Semaphore
 
         return t.cast(_Semaphore, Semaphore(value))
