@@ -12,23 +12,27 @@ from wsgiproxy.sockets import Deadlines
 
 
 class ScriptedSocket:
-    """recv() hands out the given pieces one by one, then EOF."""
+    """recv() hands out the given pieces one by one, then EOF; a ``None`` piece is a read that
+    would wait (``BlockingIOError``), as a gevent socket with timeout 0 raises."""
 
-    def __init__(self, pieces: list[bytes]) -> None:
+    def __init__(self, pieces: list[bytes | None]) -> None:
         self.pieces = list(pieces)
         self.closed = False
         self.reads = 0
+        self.timeouts: list[float | None] = []
 
     def recv(self, size: int) -> bytes:
         self.reads += 1
         if not self.pieces:
             return b""
         piece = self.pieces.pop(0)
+        if piece is None:
+            raise BlockingIOError(11, "Resource temporarily unavailable")
         assert len(piece) <= size
         return piece
 
     def settimeout(self, seconds: float | None) -> None:
-        pass
+        self.timeouts.append(seconds)
 
     def close(self) -> None:
         self.closed = True
@@ -52,7 +56,7 @@ class FakeOrigin:
         self.slots.release()
 
 
-def open_response(message: bytes, pieces: list[bytes] | None = None, method: str = "POST"
+def open_response(message: bytes, pieces: list[bytes | None] | None = None, method: str = "POST"
                   ) -> tuple[Response, ScriptedSocket, FakeOrigin]:
     """A response whose head is ``message``'s head; the rest arrives as ``pieces`` (else in one piece)."""
     end = message.find(b"\r\n\r\n")
@@ -79,6 +83,48 @@ EVENTS = [b"data: one\n\n", b'data: {"two": 2}\n\n', b"x" * 300, b"data: [DONE]\
 CHUNKED = b"".join(f"{len(e):x}\r\n".encode() + e + b"\r\n" for e in EVENTS[:2]) + \
     f"{len(EVENTS[2]):X};ext=1\r\n".encode() + EVENTS[2] + b"\r\n" + \
     f"{len(EVENTS[3]):x}\r\n".encode() + EVENTS[3] + b"\r\n" + b"0\r\nTrailer: x\r\n\r\n"
+
+
+def read_pushed(response: Response) -> list[bytes | None]:
+    """What ``read_nowait`` gives until the body ended (the socket is no longer the response's)."""
+    results: list[bytes | None] = []
+    for _ in range(10_000):
+        results.append(response.read_nowait(65536))
+        if response.sock is None:
+            return results
+    raise AssertionError("read_nowait never reached the end")
+
+
+@pytest.mark.parametrize("split", range(1, len(CHUNKED)))
+def test_read_nowait_split_at_every_position_with_waits_between(split: int) -> None:
+    response, sock, origin = open_response(HEAD, [None, CHUNKED[:split], None, CHUNKED[split:]])
+    results = read_pushed(response)
+    assert results[0] is None  # nothing arrived yet
+    assert b"".join(piece for piece in results if piece) == b"".join(EVENTS)
+    assert b"" not in results[:-1]  # the end is seen by the read that gets the last bytes, not one more
+    assert origin.given_back == [sock]
+    assert sock.timeouts == [0.0, None]  # reads stop waiting; the pooled socket waits again
+
+
+def test_read_nowait_gives_each_event_as_it_arrives() -> None:
+    chunks = [f"{len(e):x}\r\n".encode() + e + b"\r\n" for e in EVENTS] + [b"0\r\n\r\n"]
+    pieces: list[bytes | None] = []
+    for chunk in chunks:
+        pieces += [chunk, None]
+    response, sock, origin = open_response(HEAD, pieces)
+    assert read_pushed(response) == [*sum(([event, None] for event in EVENTS), []), b""]
+    assert origin.given_back == [sock]
+
+
+def test_read_nowait_after_the_end_and_on_a_cut_body() -> None:
+    response, sock, origin = open_response(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", [b"hel", None])
+    assert response.read_nowait() == b"hel"
+    assert response.read_nowait() is None
+    with pytest.raises(ResponseBroken):
+        response.read_nowait()  # the connection ended two bytes short
+    response.close()
+    assert response.read_nowait() == b""
+    assert sock.closed and origin.given_back == []
 
 
 @pytest.mark.parametrize("split", range(1, len(CHUNKED)))

@@ -694,6 +694,73 @@ def test_pool_waits_cooperatively_under_gevent(tls: tuple[ssl.SSLContext, str]) 
     assert done.returncode == 0 and done.stdout.strip() == "OK", done.stderr[-3000:]
 
 
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_a_stream_read_without_waiting_under_gevent(scheme: str, tls: tuple[ssl.SSLContext, str]) -> None:
+    """read_nowait on a gevent socket (TLS included), waited for as the pump does: every event, in
+    order, ``None`` while nothing arrived; then the connection is reused by a request that waits."""
+    script = textwrap.dedent("""
+        from gevent import monkey
+        monkey.patch_all()
+        import gevent, ssl, sys
+        from gevent.server import StreamServer
+        from gevent.socket import wait_read
+        from wsgiproxy.aicore.transport import Transport
+
+        events = [b"data: %d\\n\\n" % n + b"x" * (n * 3000) for n in range(12)]
+        tls = sys.argv[3] == "https"
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(sys.argv[1])
+        connections = []
+
+        def handle(sock, address):
+            connections.append(address)
+            if tls:
+                sock = context.wrap_socket(sock, server_side=True)
+            while True:
+                data = b""
+                while b"\\r\\n\\r\\n" not in data:
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        return
+                    data += chunk
+                sock.sendall(b"HTTP/1.1 200 OK\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\n")
+                for event in events:
+                    gevent.sleep(0.01)
+                    sock.sendall(b"%x\\r\\n%b\\r\\n" % (len(event), event))
+                sock.sendall(b"0\\r\\n\\r\\n")
+
+        server = StreamServer(("127.0.0.1", 0), handle)
+        server.start()
+        transport = Transport(maxsize=1, pool_timeout=5, ca_certs=sys.argv[2])
+        url = f"{sys.argv[3]}://localhost:{server.server_port}/x"
+        response = transport.request("POST", url, headers={}, body=b"{}", connect_timeout=2, read_timeout=5,
+                                     stream=True)
+        got, nothing = [], 0
+        while response.sock is not None:
+            wait_read(response.sock.fileno(), timeout=5)
+            data = response.read_nowait()
+            if data is None:
+                nothing += 1
+            elif data:
+                got.append(data)
+        assert b"".join(got) == b"".join(events), (len(b"".join(got)), len(b"".join(events)))
+        (origin,) = transport.pool.origins.values()
+        (idle,) = origin.idle
+        assert idle.gettimeout() is None
+        again = transport.request("POST", url, headers={}, body=b"{}", connect_timeout=2, read_timeout=5,
+                                  stream=True)
+        assert b"".join(iter(lambda: again.read1(), b"")) == b"".join(events)  # waits between events
+        assert len(connections) == 1, connections
+        print("OK", nothing)
+    """)
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost")
+    with cert.private_key_and_cert_chain_pem.tempfile() as chain, ca.cert_pem.tempfile() as ca_path:
+        done = subprocess.run([sys.executable, "-c", script, chain, ca_path, scheme], cwd=ROOT, capture_output=True,
+                              text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.startswith("OK"), done.stderr[-3000:]
+
+
 # --- name resolution ------------------------------------------------------------------------------
 
 

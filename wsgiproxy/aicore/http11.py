@@ -19,6 +19,8 @@ Errors are raised as :class:`~wsgiproxy.errors.UpstreamUnreachable` and
 :class:`~wsgiproxy.errors.UpstreamTimeout` while sending and waiting for the head (and reading a
 non-streamed body). A streamed body's :meth:`Response.read1` raises ``OSError``: ``TimeoutError``
 on a read timeout, :class:`ResponseBroken` when the framing is wrong or the body is cut short.
+:meth:`Response.read_nowait` is ``read1`` for a reader driven by the event loop's readiness
+callbacks: it never waits, and the read timeout is that reader's to keep.
 """
 
 from __future__ import annotations
@@ -165,7 +167,7 @@ class Response:
     """
 
     __slots__ = ("status", "reason", "version", "headers", "_sock", "_origin", "_buf", "_mode", "_left",
-                 "_keep", "_done", "_data", "_decoder", "_deadlines", "_timeout")
+                 "_keep", "_done", "_data", "_decoder", "_deadlines", "_timeout", "_nowait")
 
     def __init__(self, status: int, reason: str, version: int, headers: Headers) -> None:
         self.status = status
@@ -183,6 +185,7 @@ class Response:
         self._decoder: t.Any = None
         self._deadlines: Deadlines | None = None
         self._timeout: float | None = None
+        self._nowait = False  # read_nowait was used: the socket's gevent timeout is 0 until the body ends
 
     def _attach(self, sock: socket.socket, origin: Origin, rest: bytes, method: str, deadlines: Deadlines,
                 timeout: float) -> None:
@@ -231,6 +234,43 @@ class Response:
         """
         return self._read(amt, True)
 
+    @property
+    def sock(self) -> socket.socket | None:
+        """The socket the body is read from; ``None`` once the body ended (or was closed)."""
+        return self._sock
+
+    @property
+    def read_timeout(self) -> float | None:
+        """The longest wait for the next body bytes."""
+        return self._timeout
+
+    def read_nowait(self, amt: int = READ_SIZE) -> bytes | None:
+        """``read1`` that never waits: ``None`` while no body bytes have arrived.
+
+        For a gevent socket only. From the first call on, the socket's reads fail at once instead
+        of waiting (gevent timeout 0) and no read deadline is armed: whoever calls this waits for
+        the socket and keeps the read timeout. The socket waits again once it is back in the pool.
+        """
+        sock = self._sock
+        if sock is None:
+            return b""
+        if not self._nowait:
+            self._nowait = True
+            self._deadlines.disarm(sock)  # type: ignore[union-attr]
+            sock.settimeout(0.0)
+        data = self._read_available(amt)
+        # TLS: a whole record is read at a time (at most 16 KB, less than amt), so decrypted bytes
+        # are rarely left behind; the socket would not wake its reader for them.
+        while data and isinstance(sock, ssl.SSLSocket) and self._sock is not None and sock.pending():
+            data += self._read_available(amt) or b""
+        return data
+
+    def _read_available(self, amt: int) -> bytes | None:
+        try:
+            return self._read(amt, False)
+        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return None
+
     def _read(self, amt: int, wait_first: bool) -> bytes:
         if self._done:
             return b""
@@ -239,7 +279,8 @@ class Response:
         receive = not self._buf
         while True:  # every pass reads at least one byte from the socket, or ends the body
             if receive:
-                self._deadlines.arm(sock, self._timeout)  # type: ignore[union-attr]
+                if not self._nowait:
+                    self._deadlines.arm(sock, self._timeout)  # type: ignore[union-attr]
                 if wait_first:
                     wait_readable(sock)
                     wait_first = False
@@ -364,6 +405,8 @@ class Response:
             return
         self._deadlines.disarm(sock)  # type: ignore[union-attr]
         if self._keep and not self._buf:
+            if self._nowait:
+                sock.settimeout(None)  # pooled sockets wait (bounded by the pool's deadlines)
             origin.give_back(sock)
         else:
             sock.close()
