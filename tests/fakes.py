@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import typing as t
 from dataclasses import dataclass, field
 
@@ -65,6 +66,38 @@ class FakeResponse:
     def close(self) -> None:
         if not self.done:
             self.discarded = True
+
+
+class PushableResponse(FakeResponse):
+    """A :class:`FakeResponse` that can also be read without waiting, as the real one with a gevent
+    socket: ``read_nowait`` gives ``None`` for a ``None`` piece (nothing arrived yet), and ``sock``
+    is a (never connected) socket until the body ended."""
+
+    def __init__(self, pieces: t.Iterable[bytes | None], error: BaseException | None = None) -> None:
+        super().__init__(200, [], {"content-type": "text/event-stream"}, error)
+        self.pieces = list(pieces)  # type: ignore[arg-type]  # None included
+        self.read_timeout = 60.0
+        self._sock: socket.socket | None = socket.socket()
+
+    @property
+    def sock(self) -> socket.socket | None:
+        return None if self.done or self.discarded else self._sock
+
+    def read_nowait(self, amt: int = 65536, /) -> bytes | None:
+        if self.pieces and self.pieces[0] is None:
+            self.pieces.pop(0)
+            return None
+        data = self.read1(amt)
+        if not self.pieces and self.error is None:
+            self.done = True  # the last bytes end the body, as the real response sees its framing end
+            self.close()
+        return data
+
+    def close(self) -> None:
+        super().close()
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
 
 
 def response(status: int = 200, body: bytes | dict | str = b"", headers: dict[str, str] | None = None) -> FakeResponse:
@@ -132,6 +165,15 @@ STREAM_CHUNKS = (b"first\n", b"second\n", b"third\n")
 
 def wsgi_app(environ: dict[str, t.Any], start_response: t.Callable[..., t.Any]) -> t.Iterable[bytes]:
     path = environ["PATH_INFO"]
+    if path == "/pushed":  # a Pushable body fed by a greenlet: ?n=events&gap=seconds&size=bytes&timeout=seconds
+        query = dict(pair.partition("=")[::2] for pair in environ["QUERY_STRING"].split("&") if pair)
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return PushedBody.fed(int(query.get("n", "3")), float(query.get("gap", "0")), int(query.get("size", "8")),
+                              float(query.get("timeout", "10")))
+    if path == "/pushed-closes":  # how the PushedBody objects of this worker ended, in order
+        data = json.dumps(PushedBody.ends).encode()
+        start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
+        return [data]
     if path == "/stream":  # no Content-Length: chunked for HTTP/1.1
         start_response("200 OK", [("Content-Type", "text/plain")])
         return iter(STREAM_CHUNKS)
@@ -155,3 +197,81 @@ def wsgi_app(environ: dict[str, t.Any], start_response: t.Callable[..., t.Any]) 
 def _fail_after_first_chunk() -> t.Iterator[bytes]:
     yield STREAM_CHUNKS[0]
     raise RuntimeError("the app failed after its first chunk")
+
+
+def pushed_event(number: int, size: int) -> bytes:
+    """The ``number``-th event a :class:`PushedBody` gets: ``size`` bytes (at least its number), ``\n``-terminated."""
+    return (b"%d:" % number).ljust(size - 1, b"x") + b"\n"
+
+
+class PushedBody:
+    """A :class:`wsgiproxy.streaming.Pushable` body that relays what arrives on a socket, as is.
+
+    ``step`` reads without waiting; the socket's end is the body's end; ``expire`` ends it with
+    ``b"expired\n"``. Iterated (by a server that cannot push) it waits for the socket instead.
+    How each one ended (``"complete"``, ``"expired"``, ``"iterated"`` or ``"cut"``) is appended to
+    :attr:`ends` when it is closed.
+    """
+
+    ends: t.ClassVar[list[str]] = []
+
+    def __init__(self, sock: t.Any, timeout: float) -> None:
+        self.sock = sock
+        self.timeout = timeout
+        self.over = False
+        self.steps = 0
+        self.how = "open"
+
+    @classmethod
+    def fed(cls, events: int, gap: float, size: int, timeout: float) -> PushedBody:
+        """A body whose socket gets ``events`` events of ``size`` bytes, ``gap`` seconds apart, from a greenlet."""
+        import gevent
+        from gevent import socket
+
+        ours, theirs = socket.socketpair()
+
+        def feed() -> None:
+            try:
+                for number in range(events):
+                    if gap:
+                        gevent.sleep(gap)
+                    theirs.sendall(pushed_event(number, size))
+                if timeout < 1:  # stay silent past the body's timeout: it must expire
+                    gevent.sleep(timeout * 3)
+            except OSError:
+                pass
+            finally:
+                theirs.close()
+
+        gevent.spawn(feed)
+        return cls(ours, timeout)
+
+    def upstream(self) -> tuple[t.Any, float] | None:
+        return None if self.over else (self.sock, self.timeout)
+
+    def step(self) -> bytes:
+        self.steps += 1
+        self.sock.settimeout(0.0)
+        try:
+            data = self.sock.recv(65536)
+        except BlockingIOError:
+            return b""
+        if not data:
+            self.over = True
+            self.how = "complete"
+        return data
+
+    def expire(self) -> bytes:
+        self.over = True
+        self.how = "expired"
+        return b"expired\n"
+
+    def __iter__(self) -> t.Iterator[bytes]:
+        while data := self.sock.recv(65536):
+            yield data
+        self.over = True
+        self.how = "iterated"
+
+    def close(self) -> None:
+        PushedBody.ends.append(self.how if self.over else "cut")
+        self.sock.close()

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from werkzeug.test import Client
 
-from tests.fakes import FakeTransport, response, stream_response
+from tests.fakes import FakeTransport, PushableResponse, response, stream_response
 from tests.test_proxy import AUTH, CHAT, COMPLETION, KEY, STREAM, settings
 from wsgiproxy.endpoints._upstream import usage_tokens
 from wsgiproxy.errors import UpstreamUnreachable
@@ -114,6 +114,54 @@ def test_client_disconnect_mid_stream_is_recorded(make_app: t.Callable[..., App]
     assert app.value("wsgiproxy_requests_in_flight") == 0
     (line,) = app.usage_lines()
     assert line["disconnected"] is True and line["ttfb_ms"] is not None
+
+
+def pushed_request(app: App, pieces: list[bytes | None]) -> t.Any:
+    """A streamed chat request whose body the test pushes, as the lean worker does (servers/pump.py)."""
+    from werkzeug.test import EnvironBuilder
+
+    app.proxy._transport.script.append(PushableResponse(pieces))  # type: ignore[union-attr]
+    environ = EnvironBuilder("/v1/chat/completions", method="POST", json={**CHAT, "stream": True},
+                             headers=AUTH).get_environ()
+    statuses = []
+    body = app.proxy(environ, lambda status, headers, exc_info=None: statuses.append(status))
+    assert statuses == ["200 OK"] and body.upstream() is not None  # type: ignore[attr-defined]
+    return body
+
+
+def test_a_pushed_stream_is_recorded_like_an_iterated_one(make_app: t.Callable[..., App]) -> None:
+    app = make_app(FakeTransport([]))
+    body = pushed_request(app, [None, *STREAM])
+    assert body.step() == b""
+    assert app.value("wsgiproxy_requests_in_flight") == 1
+    while not body.over:
+        body.step()
+    body.close()
+    assert app.value("wsgiproxy_requests_in_flight") == 0
+    assert app.value("wsgiproxy_tokens_total", model="gpt-4o", type="completion") == 1
+    assert app.value("wsgiproxy_stream_disconnects_total", endpoint="chat", model="gpt-4o") == 0
+    (line,) = app.usage_lines()
+    assert line["streamed"] is True and line["disconnected"] is False and line["ttfb_ms"] is not None
+
+
+def test_a_client_leaving_a_pushed_stream_is_recorded(make_app: t.Callable[..., App]) -> None:
+    app = make_app(FakeTransport([]))
+    body = pushed_request(app, list(STREAM))
+    body.step()
+    assert body.step()  # the first event with a choice
+    body.close()  # the pump ended: the client went away
+    assert app.value("wsgiproxy_stream_disconnects_total", endpoint="chat", model="gpt-4o") == 1
+    (line,) = app.usage_lines()
+    assert line["disconnected"] is True and line["ttfb_ms"] is not None
+
+
+def test_an_expired_pushed_stream_is_not_a_disconnect(make_app: t.Callable[..., App]) -> None:
+    app = make_app(FakeTransport([]))
+    body = pushed_request(app, [STREAM[0], None])
+    body.step()
+    assert b"read timeout" in body.expire() and body.over
+    body.close()
+    assert app.value("wsgiproxy_stream_disconnects_total", endpoint="chat", model="gpt-4o") == 0
 
 
 def test_upstream_failures_and_bounded_labels(make_app: t.Callable[..., App]) -> None:

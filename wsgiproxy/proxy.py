@@ -16,6 +16,7 @@ import itertools
 import logging
 import os
 import re
+import socket
 import time
 import typing as t
 
@@ -40,6 +41,8 @@ from .record import RequestRecord
 if t.TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
     from werkzeug.routing import Map
+
+    from .streaming import Pushable
 
 log = logging.getLogger("wsgiproxy")
 
@@ -259,19 +262,22 @@ class _ObservedBody:
     """The response as the server sees it: adds the request id header, notes the status and the
     first byte; ``close()`` reports the request. One object per request, no closures.
 
-    A ``close()`` while the body was still being sent means the client went away.
+    Iterated, or pushed by a server that can (:class:`~wsgiproxy.streaming.Pushable`, when the body
+    is). A ``close()`` while the body was still being sent means the client went away.
     """
 
-    __slots__ = ("body", "_record", "_metrics", "_usage", "_start_response", "_chunks", "_complete", "_failed",
-                 "_closed")
+    __slots__ = ("body", "over", "_record", "_metrics", "_usage", "_start_response", "_chunks", "_pushed",
+                 "_complete", "_failed", "_closed")
 
     def __init__(self, record: RequestRecord, metrics: Metrics, usage: UsageLog, start_response: StartResponse) -> None:
         self.body: t.Iterable[bytes] = ()
+        self.over = False
         self._record = record
         self._metrics = metrics
         self._usage = usage
         self._start_response = start_response
         self._chunks: t.Generator[bytes, None, None] | None = None
+        self._pushed: Pushable | None = None
         self._complete = False
         self._failed = False
         self._closed = False
@@ -304,6 +310,37 @@ class _ObservedBody:
             self._failed = True
             raise
 
+    # --- Pushable, when the body is -------------------------------------------------------------
+
+    def upstream(self) -> tuple[socket.socket, float] | None:
+        upstream = getattr(self.body, "upstream", None)
+        if upstream is None or self._chunks is not None:
+            return None
+        found: tuple[socket.socket, float] | None = upstream()
+        if found is not None:
+            self._pushed = t.cast("Pushable", self.body)
+        return found
+
+    def step(self) -> bytes:
+        return self._pushed_bytes(False)
+
+    def expire(self) -> bytes:
+        return self._pushed_bytes(True)
+
+    def _pushed_bytes(self, expired: bool) -> bytes:
+        body = self._pushed
+        assert body is not None, "upstream() first"
+        try:
+            data = body.expire() if expired else body.step()
+        except Exception:
+            self._failed = self.over = True
+            raise
+        if data and self._record.first_byte is None:
+            self._record.first_byte = time.perf_counter()
+        if body.over:
+            self._complete = self.over = True
+        return data
+
     def close(self) -> None:
         if self._closed:
             return
@@ -312,6 +349,7 @@ class _ObservedBody:
         try:
             if self._chunks is not None:
                 self._chunks.close()
+            if self._chunks is not None or self._pushed is not None:
                 record.disconnected = not (self._complete or self._failed)
             close = getattr(self.body, "close", None)
             if close is not None:

@@ -6,11 +6,16 @@ translator and yields the events that read completed as one chunk: they have all
 joining them delays none and saves a write per event. Whatever ends the relay (upstream
 EOF, an upstream failure, the client going away) runs :meth:`RelayedStream.close`: a fully read
 upstream connection goes back to the pool, a half-read one is closed, never reused.
+
+A server that runs an event loop can push the relay instead of iterating it (:class:`Pushable`):
+it waits for the upstream socket itself and calls :meth:`RelayedStream.step` whenever that socket
+is readable, with no greenlet of its own waiting per event (``servers/pump.py``).
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 import typing as t
 
 from .aicore.transport import READ_SIZE, STREAM_ERRORS, discard, read_error, release
@@ -29,6 +34,25 @@ class Translator(t.Protocol):
 
     def token_counts(self) -> tuple[int | None, int | None]:
         """``(prompt_tokens, completion_tokens)`` seen so far; None where upstream did not say."""
+        ...
+
+
+class Pushable(t.Protocol):
+    """A response body a server may relay from its event loop instead of iterating it."""
+
+    over: bool  #: the body ended: nothing more to send after what the last step gave
+
+    def upstream(self) -> tuple[socket.socket, float] | None:
+        """The socket whose readability makes :meth:`step` worth calling and the longest wait for
+        it; ``None`` when this body can only be iterated."""
+        ...
+
+    def step(self) -> bytes:
+        """What the bytes that arrived complete, ready to send (``b""``: nothing yet). Never waits."""
+        ...
+
+    def expire(self) -> bytes:
+        """The upstream was silent for the longest wait: the body's last bytes; it is over."""
         ...
 
 
@@ -54,6 +78,7 @@ class RelayedStream:
         self._relay: t.Generator[bytes, None, None] | None = None
         self._completed = False
         self._closed = False
+        self.over = False
 
     def __iter__(self) -> t.Iterator[bytes]:
         if self._relay is None:
@@ -68,9 +93,7 @@ class RelayedStream:
                 try:
                     chunk = read1(READ_SIZE)
                 except STREAM_ERRORS as exc:
-                    message = str(read_error(exc))
-                    log.warning("upstream stream failed: %s", message)
-                    yield self._error_event(message)
+                    yield self._broken(exc)
                     return
                 if not chunk:
                     break
@@ -78,12 +101,58 @@ class RelayedStream:
                 if events:
                     # One write per upstream read: every event in it has arrived, so none waits.
                     yield events[0] if len(events) == 1 else b"".join(events)
-            self._completed = True
-            events = translator.finish()
-            if events:
-                yield b"".join(events)
+            last = self._ended()
+            if last:
+                yield last
         finally:
             self._release()
+
+    # --- pushed (Pushable): the server waits for the upstream socket and calls step() -----------
+
+    def upstream(self) -> tuple[socket.socket, float] | None:
+        if self._relay is not None or self._closed:
+            return None  # iterated already, or over
+        sock = getattr(self._response, "sock", None)
+        timeout = getattr(self._response, "read_timeout", None)
+        if not isinstance(sock, socket.socket) or timeout is None:
+            return None  # a response that cannot be read without waiting
+        return sock, timeout
+
+    def step(self) -> bytes:
+        response = self._response
+        try:
+            chunk = response.read_nowait(READ_SIZE)  # type: ignore[attr-defined]
+        except STREAM_ERRORS as exc:
+            return self._broken(exc)
+        if chunk is None:
+            return b""
+        events = self._translator.feed(chunk) if chunk else []
+        if response.sock is None:  # type: ignore[attr-defined]  # the body ended with this read
+            events += [self._ended()]
+        self._release_if_over()
+        return events[0] if len(events) == 1 else b"".join(events)
+
+    def expire(self) -> bytes:
+        return self._broken(TimeoutError("timed out"))
+
+    # --- how a relay ends ------------------------------------------------------------------------
+
+    def _ended(self) -> bytes:
+        """The upstream body ended: the translator's last events."""
+        self._completed = self.over = True
+        return b"".join(self._translator.finish())
+
+    def _broken(self, exc: BaseException) -> bytes:
+        """The upstream failed after the first byte: a final event in the client's format."""
+        self.over = True
+        message = str(read_error(exc))
+        log.warning("upstream stream failed: %s", message)
+        self._release_if_over()
+        return self._error_event(message)
+
+    def _release_if_over(self) -> None:
+        if self.over and self._relay is None:
+            self._release()  # pushed: nobody iterates to a finally
 
     def close(self) -> None:
         """Idempotent: ends the relay and releases or discards the upstream connection."""
@@ -94,7 +163,7 @@ class RelayedStream:
     def _release(self) -> None:
         if self._closed:
             return
-        self._closed = True
+        self._closed = self.over = True
         if self._record is not None:
             self._record.tokens(*self._translator.token_counts())
         try:
