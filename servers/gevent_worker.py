@@ -36,10 +36,13 @@ from urllib.parse import unquote_to_bytes, urlsplit
 import gevent
 from gunicorn.workers.ggevent import GeventWorker
 
+from servers.pump import Pump
 from wsgiproxy.sockets import Deadlines, send_all, wait_readable
 
 if t.TYPE_CHECKING:
     from collections.abc import Iterable
+
+    from wsgiproxy.streaming import Pushable
 
 _TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 _HEADER_LINE = rb"(" + _TOKEN + rb"):([\t\x20-\x7e\x80-\xff]*)\r\n"
@@ -617,20 +620,23 @@ class LeanGeventWorker(GeventWorker):
             resp.headers = headers
             return write
 
-        def write(data: bytes) -> None:
+        def wire(data: bytes) -> bytes:
+            """The bytes that send ``data``: framed, after the response head if it is the first."""
             if not resp.headers_sent:
                 if not data:
-                    return
+                    return b""
                 if body.broken:
                     resp.must_close = True  # said in the head: the connection ends after this answer
                 head = self._head(resp, http11, is_head)
-                if not resp.body_allowed:
-                    send_all(sock, head)
-                    return
-                send_all(sock, head + self._frame(resp, data))
-                return
+                return head + self._frame(resp, data) if resp.body_allowed else head
             if data and resp.body_allowed:
-                send_all(sock, self._frame(resp, data))
+                return self._frame(resp, data)
+            return b""
+
+        def write(data: bytes) -> None:
+            out = wire(data)
+            if out:
+                send_all(sock, out)
 
         try:
             if self._pre_request is not None:
@@ -639,6 +645,8 @@ class LeanGeventWorker(GeventWorker):
             try:
                 if type(respiter) is list and len(respiter) == 1:
                     write(respiter[0])
+                elif (upstream := self._pushable(respiter, sock)) is not None:
+                    Pump(sock, t.cast("Pushable", respiter), wire).run(*upstream)
                 else:
                     for item in respiter:
                         write(item)
@@ -674,6 +682,15 @@ class LeanGeventWorker(GeventWorker):
             return None
         self._deadlines.arm(sock, self._keepalive)  # an unread body is drained for keep-alive seconds at most
         return body.finish()
+
+    @staticmethod
+    def _pushable(respiter: Iterable[bytes], sock: socket.socket) -> tuple[socket.socket, float] | None:
+        """The upstream socket and read timeout of a body this worker can push (servers/pump.py)."""
+        upstream = getattr(respiter, "upstream", None)
+        if upstream is None or isinstance(sock, ssl.SSLSocket):
+            return None
+        found: tuple[socket.socket, float] | None = upstream()
+        return found
 
     def _head(self, resp: Response, http11: bool, is_head: bool) -> bytes:
         """The status line and headers; decides the body framing. Marks the head as sent."""

@@ -25,7 +25,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from servers.gevent_worker import _DRAIN_LIMIT, _MAX_TRAILERS, BadRequest, _ClientGone, _Input
-from tests.fakes import STREAM_CHUNKS
+from tests.fakes import STREAM_CHUNKS, pushed_event
 
 integration = pytest.mark.integration
 
@@ -842,6 +842,74 @@ def test_app_error_after_the_first_chunk_cuts_the_stream(lean: Server) -> None:
     assert rest == b"%x\r\n%b\r\n" % (len(STREAM_CHUNKS[0]), STREAM_CHUNKS[0])  # no terminating 0-chunk
     with Wire(lean) as wire:
         assert wire.exchange(request("GET", "/after-cut")).status == 200
+
+
+# --- a Pushable body (servers/pump.py): relayed from the worker's event loop -------------------
+
+
+def pushed_ends(server: Server, count: int) -> list[str]:
+    """How the worker's pushed bodies ended, once ``count`` of them did (polled: a close may come later)."""
+    deadline = time.monotonic() + 5
+    while True:
+        with Wire(server) as wire:
+            ends = t.cast(list[str], wire.exchange(request("GET", "/pushed-closes")).json())
+        if len(ends) >= count or time.monotonic() > deadline:
+            return ends
+        time.sleep(0.05)
+
+
+@integration
+def test_a_pushed_body_is_relayed_whole_and_the_connection_kept(lean: Server) -> None:
+    with Wire(lean) as wire:
+        before = len(pushed_ends(lean, 0))
+        reply = wire.exchange(request("GET", "/pushed?n=30&gap=0.002&size=40"))
+        assert reply.status == 200 and reply.header("transfer-encoding") == "chunked"
+        assert reply.body == b"".join(pushed_event(number, 40) for number in range(30))
+        assert_kept(wire, reply)
+        assert wire.exchange(request("GET", "/after-push")).json()["PATH_INFO"] == "/after-push"
+    assert pushed_ends(lean, before + 1)[before:] == ["complete"]
+
+
+@integration
+def test_a_pushed_body_waits_for_a_client_that_reads_slowly(lean: Server) -> None:
+    with Wire(lean, timeout=20) as wire:
+        wire.send(request("GET", "/pushed?n=6&size=1048576"))  # 6 MB: more than the socket buffers hold
+        head = wire.until(b"\r\n\r\n")
+        time.sleep(0.5)
+        wire.buf = head + wire.buf
+        reply = wire.response()
+    assert reply.body == b"".join(pushed_event(number, 1 << 20) for number in range(6))
+
+
+@integration
+def test_a_client_leaving_a_pushed_body_ends_it(lean: Server) -> None:
+    before = len(pushed_ends(lean, 0))
+    with Wire(lean) as wire:
+        wire.send(request("GET", "/pushed?n=200&gap=0.01&size=20"))
+        wire.until(pushed_event(0, 20))
+    # the worker sees the client gone at its next send, then closes the body
+    assert pushed_ends(lean, before + 1)[before:] == ["cut"]
+    with Wire(lean) as wire:
+        assert wire.exchange(request("GET", "/after-leave")).status == 200
+
+
+@integration
+def test_a_silent_pushed_body_ends_when_its_timeout_expires(lean: Server) -> None:
+    with Wire(lean) as wire:
+        started = time.monotonic()
+        reply = wire.exchange(request("GET", "/pushed?n=2&size=10&timeout=0.3"))
+        took = time.monotonic() - started
+        assert reply.body == pushed_event(0, 10) + pushed_event(1, 10) + b"expired\n"
+        assert 0.25 <= took < 3
+        assert_kept(wire, reply)
+
+
+@integration
+def test_the_stock_worker_iterates_a_pushable_body(stock: Server) -> None:
+    with Wire(stock) as wire:
+        reply = wire.exchange(request("GET", "/pushed?n=5&gap=0.002&size=30"))
+    assert reply.body == b"".join(pushed_event(number, 30) for number in range(5))
+    assert pushed_ends(stock, 1)[-1] == "iterated"
 
 
 @integration

@@ -1,0 +1,145 @@
+"""Relaying a pushed response body from the event loop's callbacks: no greenlet switch per event.
+
+Iterating a streamed body costs the connection's greenlet, for every upstream event, a wait
+(start a watcher, switch to the hub, switch back, stop the watcher), a read and a write. A bare
+relay measured here spends about half of its CPU per event on that wait. For a body that can be
+pushed (:class:`wsgiproxy.streaming.Pushable`) :class:`Pump` keeps one read watcher on the
+upstream socket; its callback, run by the hub, steps the body and sends what it gives without
+waiting. The connection's greenlet sleeps until the body is over.
+
+A client that does not keep up turns the read watcher into a write watcher on the client until
+it has taken the rest, so a slow client slows its upstream as before. The upstream's read
+timeout is a timer, re-armed only when it fires: between events the cost is one clock read.
+"""
+
+from __future__ import annotations
+
+import time
+import typing as t
+
+from gevent.hub import Waiter, get_hub
+
+if t.TYPE_CHECKING:
+    import socket
+
+    from wsgiproxy.streaming import Pushable
+
+_READ = 1
+_WRITE = 2
+
+
+class Pump:
+    """One pushed body relayed to one client socket (a gevent socket, not TLS).
+
+    :param wire: turns what the body gives into the bytes to send (the worker's framing; the
+        response head goes with the first bytes).
+    """
+
+    __slots__ = ("_client", "_source", "_wire", "_loop", "_reader", "_writer", "_timer", "_waiter", "_pending",
+                 "_timeout", "_last", "_done")
+
+    def __init__(self, client: socket.socket, source: Pushable, wire: t.Callable[[bytes], bytes]) -> None:
+        self._client = client
+        self._source = source
+        self._wire = wire
+        self._loop = get_hub().loop
+        self._reader: t.Any = None
+        self._writer: t.Any = None
+        self._timer: t.Any = None
+        self._waiter: Waiter[t.Any] | None = None
+        self._pending: memoryview | None = None  # bytes the client has not taken yet
+        self._timeout = 0.0
+        self._last = 0.0
+        self._done = False
+
+    def run(self, upstream: socket.socket, timeout: float) -> None:
+        """Relay until the body is over. Raises what stopped it otherwise: ``OSError`` when the
+        client went away, whatever the body raised."""
+        loop = self._loop
+        self._timeout = timeout
+        self._last = time.monotonic()
+        self._waiter = Waiter()
+        client = self._client
+        client.settimeout(0.0)  # sends fail at once instead of waiting: the callbacks must not block
+        try:
+            self._reader = loop.io(upstream.fileno(), _READ)
+            self._writer = loop.io(client.fileno(), _WRITE)
+            self._timer = loop.timer(timeout)
+            self._timer.start(self._check_silence)
+            self._reader.start(self._readable)
+            self._waiter.get()
+        finally:
+            self._stop()
+            client.settimeout(None)
+
+    # --- the callbacks, run by the hub: they never block, never raise -------------------------
+
+    def _readable(self) -> None:
+        self._last = time.monotonic()
+        try:
+            self._send(self._source.step())
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting greenlet, which raises it
+            self._end(exc)
+
+    def _writable(self) -> None:
+        try:
+            self._send(b"")
+        except BaseException as exc:  # noqa: BLE001
+            self._end(exc)
+
+    def _check_silence(self) -> None:
+        try:
+            left = self._last + self._timeout - time.monotonic()
+            if self._reader.active and left <= 0:
+                self._reader.stop()
+                self._send(self._source.expire())
+                return
+            self._timer.close()  # waiting for the client, or an event came since: look again later
+            self._timer = self._loop.timer(max(left, 0.001) if self._reader.active else self._timeout)
+            self._timer.start(self._check_silence)
+        except BaseException as exc:  # noqa: BLE001
+            self._end(exc)
+
+    def _send(self, data: bytes) -> None:
+        """Send what the body gave (and what the client had not taken); end when the body is over."""
+        out = self._wire(data) if data else b""
+        pending = self._pending
+        if pending is not None:
+            out = bytes(pending) + out if out else pending  # type: ignore[assignment]
+            self._pending = None
+        if out:
+            try:
+                sent = self._client.send(out)
+            except BlockingIOError:
+                sent = 0
+            if sent < len(out):
+                self._pending = memoryview(out)[sent:]
+                self._reader.stop()
+                if not self._writer.active:
+                    self._writer.start(self._writable)
+                return
+        if self._source.over:
+            self._end(None)
+        elif not self._reader.active:
+            self._writer.stop()
+            self._last = time.monotonic()
+            self._reader.start(self._readable)
+
+    def _end(self, error: BaseException | None) -> None:
+        if self._done:
+            return
+        self._done = True
+        self._stop()
+        waiter = self._waiter
+        assert waiter is not None
+        if error is None:
+            waiter.switch(None)
+        else:
+            waiter.throw(error)
+
+    def _stop(self) -> None:
+        for watcher in (self._reader, self._writer, self._timer):
+            if watcher is not None:
+                watcher.stop()
+                watcher.close()
+        self._reader = self._writer = self._timer = None

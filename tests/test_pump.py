@@ -1,0 +1,162 @@
+"""servers/pump.py: a pushed body relayed from the event loop's callbacks, in process with gevent sockets.
+
+The body is :class:`tests.fakes.PushedBody` on a gevent socket pair fed by a greenlet; the client
+is the other gevent socket pair, read by a greenlet. ``wire`` brackets every piece so the test
+sees each send's boundaries.
+"""
+
+from __future__ import annotations
+
+import time
+import typing as t
+
+import gevent
+import pytest
+from gevent import socket as gsocket
+
+from servers.pump import Pump
+from tests.fakes import PushedBody, pushed_event
+
+
+def wire(data: bytes) -> bytes:
+    return b"[" + data + b"]"
+
+
+def unwire(sent: bytes) -> list[bytes]:
+    assert sent.startswith(b"[") and sent.endswith(b"]"), sent[:40]
+    return sent[1:-1].split(b"][")
+
+
+def feed(sock: t.Any, events: int, gap: float, size: int, linger: float = 0.0) -> None:
+    try:
+        for number in range(events):
+            gevent.sleep(gap)
+            sock.sendall(pushed_event(number, size))
+        gevent.sleep(linger)
+    finally:
+        sock.close()
+
+
+def read_all(sock: t.Any, stall: float = 0.0) -> bytes:
+    gevent.sleep(stall)
+    parts = []
+    while data := sock.recv(1 << 20):
+        parts.append(data)
+    return b"".join(parts)
+
+
+class Relay:
+    """One body, its feeder, one client and its reader."""
+
+    def __init__(self, events: int, gap: float = 0.0, size: int = 16, timeout: float = 10.0, linger: float = 0.0,
+                 stall: float = 0.0) -> None:
+        ours, theirs = gsocket.socketpair()
+        self.client, peer = gsocket.socketpair()
+        self.body = PushedBody(ours, timeout)
+        self.feeder = gevent.spawn(feed, theirs, events, gap, size, linger)
+        self.reader = gevent.spawn(read_all, peer, stall)
+        self.peer = peer
+        self.expected = b"".join(pushed_event(number, size) for number in range(events))
+
+    def run(self) -> None:
+        upstream = self.body.upstream()
+        assert upstream is not None
+        Pump(self.client, self.body, wire).run(*upstream)
+
+    def received(self) -> bytes:
+        self.client.close()
+        return t.cast(bytes, self.reader.get(timeout=10))
+
+
+def test_every_event_is_relayed_in_order_and_run_returns_at_the_end() -> None:
+    relay = Relay(20, gap=0.002)
+    relay.run()
+    assert relay.body.over and relay.body.how == "complete"
+    assert relay.client.gettimeout() is None  # the connection's socket waits again for the next request
+    pieces = unwire(relay.received())
+    assert b"".join(pieces) == relay.expected
+    assert all(pieces)  # nothing sent for a step that gave nothing
+
+
+def test_a_client_that_stops_reading_holds_back_the_upstream_then_gets_every_byte() -> None:
+    relay = Relay(8, size=1 << 20, stall=0.5)  # 8 MB: far more than the socket buffers hold
+    runner = gevent.spawn(relay.run)
+    gevent.sleep(0.3)
+    assert not relay.feeder.dead  # the pump stopped reading the upstream: its sender is blocked
+    steps = relay.body.steps
+    gevent.sleep(0.1)
+    assert relay.body.steps == steps
+    runner.get(timeout=10)
+    assert b"".join(unwire(relay.received())) == relay.expected
+
+
+def test_a_client_gone_ends_the_relay_with_an_oserror() -> None:
+    relay = Relay(50, gap=0.01)
+    relay.reader.kill()
+    relay.peer.close()
+    with pytest.raises(OSError):
+        relay.run()
+    assert not relay.body.over
+    assert relay.client.gettimeout() is None
+    relay.feeder.kill()
+
+
+def test_a_silent_upstream_expires_after_the_timeout() -> None:
+    relay = Relay(2, timeout=0.3, linger=5.0)
+    started = time.monotonic()
+    relay.run()
+    took = time.monotonic() - started
+    assert 0.25 <= took < 2.0
+    assert relay.body.how == "expired"
+    pieces = unwire(relay.received())
+    assert pieces[-1] == b"expired\n"
+    assert b"".join(pieces[:-1]) == relay.expected
+    relay.feeder.kill()
+
+
+def test_events_keep_a_slow_stream_alive_past_the_timeout() -> None:
+    relay = Relay(6, gap=0.1, timeout=0.25)  # 0.6 s in all, never 0.25 s without an event
+    relay.run()
+    assert relay.body.how == "complete"
+    assert b"".join(unwire(relay.received())) == relay.expected
+
+
+class Failing(PushedBody):
+    def step(self) -> bytes:
+        self.steps += 1
+        raise ValueError("the body failed")
+
+
+def test_an_error_in_a_step_is_raised_by_run_and_nothing_is_watched_after() -> None:
+    relay = Relay(3, gap=0.01, linger=0.2)
+    relay.body.__class__ = Failing
+    with pytest.raises(ValueError, match="the body failed"):
+        relay.run()
+    gevent.sleep(0.05)  # more events arrive: nothing calls the body any more
+    assert relay.body.steps == 1
+    assert relay.client.gettimeout() is None
+    relay.feeder.kill()
+
+
+def test_a_killed_relay_stops_watching() -> None:
+    relay = Relay(30, gap=0.01)
+    runner = gevent.spawn(relay.run)
+    gevent.sleep(0.05)
+    runner.kill()
+    steps = relay.body.steps
+    gevent.sleep(0.1)  # events keep arriving
+    assert relay.body.steps == steps
+    assert relay.client.gettimeout() is None
+    relay.feeder.kill()
+
+
+def test_what_the_wire_raises_is_raised_by_run() -> None:
+    relay = Relay(2)
+
+    def broken_wire(data: bytes) -> bytes:
+        raise RuntimeError("cannot frame")
+
+    upstream = relay.body.upstream()
+    assert upstream is not None
+    with pytest.raises(RuntimeError, match="cannot frame"):
+        Pump(relay.client, relay.body, broken_wire).run(*upstream)
