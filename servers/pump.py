@@ -35,8 +35,8 @@ class Pump:
         response head goes with the first bytes).
     """
 
-    __slots__ = ("_client", "_source", "_wire", "_loop", "_reader", "_writer", "_timer", "_waiter", "_pending",
-                 "_timeout", "_last", "_done")
+    __slots__ = ("_client", "_source", "_wire", "_loop", "_reader", "_writer", "_timer", "_first", "_waiter",
+                 "_pending", "_timeout", "_last", "_done")
 
     def __init__(self, client: socket.socket, source: Pushable, wire: t.Callable[[bytes], bytes]) -> None:
         self._client = client
@@ -46,6 +46,7 @@ class Pump:
         self._reader: t.Any = None
         self._writer: t.Any = None
         self._timer: t.Any = None
+        self._first: t.Any = None
         self._waiter: Waiter[t.Any] | None = None
         self._pending: memoryview | None = None  # bytes the client has not taken yet
         self._timeout = 0.0
@@ -67,6 +68,8 @@ class Pump:
             self._timer = loop.timer(timeout)
             self._timer.start(self._check_silence)
             self._reader.start(self._readable)
+            # What came with the response head is read already: the socket will not signal it.
+            self._first = loop.run_callback(self._readable)
             self._waiter.get()
         finally:
             self._stop()
@@ -75,6 +78,8 @@ class Pump:
     # --- the callbacks, run by the hub: they never block, never raise -------------------------
 
     def _readable(self) -> None:
+        if self._done or self._pending is not None:
+            return  # over, or waiting for the client: the upstream waits too
         self._last = time.monotonic()
         try:
             self._send(self._source.step())
@@ -138,6 +143,9 @@ class Pump:
             waiter.throw(error)
 
     def _stop(self) -> None:
+        if self._first is not None:
+            self._first.stop()  # a callback not run yet (the greenlet was killed first)
+            self._first = None
         for watcher in (self._reader, self._writer, self._timer):
             if watcher is not None:
                 watcher.stop()

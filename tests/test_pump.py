@@ -121,6 +121,28 @@ def test_events_keep_a_slow_stream_alive_past_the_timeout() -> None:
     assert b"".join(unwire(relay.received())) == relay.expected
 
 
+class Buffered(PushedBody):
+    """Bytes already read with the response head: the socket will not signal them."""
+
+    def step(self) -> bytes:
+        if self.steps == 0:
+            self.steps += 1
+            return b"with-the-head\n"
+        return super().step()
+
+
+def test_what_came_with_the_head_is_sent_without_waiting_for_the_socket() -> None:
+    relay = Relay(1, gap=1.0)  # the upstream's next bytes come a second later
+    relay.reader.kill()  # the test reads the client side itself
+    relay.body.__class__ = Buffered
+    runner = gevent.spawn(relay.run)
+    first = gevent.with_timeout(0.5, relay.peer.recv, 100, timeout_value=b"")
+    assert first == b"[with-the-head\n]"
+    runner.get(timeout=5)
+    assert relay.peer.recv(100) == b"[" + pushed_event(0, 16) + b"]"
+    relay.client.close()
+
+
 class Failing(PushedBody):
     def step(self) -> bytes:
         self.steps += 1
