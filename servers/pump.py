@@ -19,6 +19,8 @@ import typing as t
 
 from gevent.hub import Waiter, get_hub
 
+from wsgiproxy.sockets import send_all
+
 if t.TYPE_CHECKING:
     import socket
 
@@ -35,8 +37,8 @@ class Pump:
         response head goes with the first bytes).
     """
 
-    __slots__ = ("_client", "_source", "_wire", "_loop", "_reader", "_writer", "_timer", "_first", "_waiter",
-                 "_pending", "_timeout", "_last", "_done")
+    __slots__ = ("_client", "_source", "_wire", "_loop", "_reader", "_writer", "_timer", "_waiter", "_pending",
+                 "_timeout", "_last", "_done")
 
     def __init__(self, client: socket.socket, source: Pushable, wire: t.Callable[[bytes], bytes]) -> None:
         self._client = client
@@ -46,7 +48,6 @@ class Pump:
         self._reader: t.Any = None
         self._writer: t.Any = None
         self._timer: t.Any = None
-        self._first: t.Any = None
         self._waiter: Waiter[t.Any] | None = None
         self._pending: memoryview | None = None  # bytes the client has not taken yet
         self._timeout = 0.0
@@ -56,11 +57,18 @@ class Pump:
     def run(self, upstream: socket.socket, timeout: float) -> None:
         """Relay until the body is over. Raises what stopped it otherwise: ``OSError`` when the
         client went away, whatever the body raised."""
+        client = self._client
+        # What came with the response head is read already, and the socket will not signal it:
+        # step once here. (A loop callback would wait for the rest of a busy loop turn.)
+        first = self._source.step()
+        if first:
+            send_all(client, self._wire(first))
+        if self._source.over:
+            return
         loop = self._loop
         self._timeout = timeout
         self._last = time.monotonic()
         self._waiter = Waiter()
-        client = self._client
         client.settimeout(0.0)  # sends fail at once instead of waiting: the callbacks must not block
         try:
             self._reader = loop.io(upstream.fileno(), _READ)
@@ -68,8 +76,6 @@ class Pump:
             self._timer = loop.timer(timeout)
             self._timer.start(self._check_silence)
             self._reader.start(self._readable)
-            # What came with the response head is read already: the socket will not signal it.
-            self._first = loop.run_callback(self._readable)
             self._waiter.get()
         finally:
             self._stop()
@@ -143,9 +149,6 @@ class Pump:
             waiter.throw(error)
 
     def _stop(self) -> None:
-        if self._first is not None:
-            self._first.stop()  # a callback not run yet (the greenlet was killed first)
-            self._first = None
         for watcher in (self._reader, self._writer, self._timer):
             if watcher is not None:
                 watcher.stop()
