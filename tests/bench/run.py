@@ -175,11 +175,12 @@ def wrk(url: str, body_file: Path, key: str, connections: int, seconds: float, l
     return t.cast(dict[str, t.Any], result)
 
 
-def sse_load(url: str, body_file: Path, key: str, concurrency: int, seconds: float, scratch: Path) -> dict[str, t.Any]:
+def sse_load(url: str, body_file: Path, key: str, concurrency: int, seconds: float, scratch: Path,
+             rate: float = 0.0) -> dict[str, t.Any]:
     out_file = scratch / f"sse-{concurrency}-{time.monotonic_ns()}.json"
     cmd = [*T.taskset(LOAD_CPU), sys.executable, "-m", "tests.bench.sse_load", "--url", url, "--body-file",
            str(body_file), "--key", key, "--concurrency", str(concurrency), "--duration", str(seconds),
-           "--timeout", "60", "--out", str(out_file)]
+           "--timeout", "60", "--rate", str(rate), "--out", str(out_file)]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=base_env(), timeout=seconds + 120)
     if out.returncode != 0 or not out_file.exists():
         raise RuntimeError(f"sse_load failed ({out.returncode}): {out.stderr[-1500:]}")

@@ -3,7 +3,9 @@
 One thread, one epoll loop, non-blocking sockets and keep-alive connections (as SDK clients
 reuse theirs), so the generator costs little CPU next to what it measures. Each connection runs
 streams back to back until ``--duration`` ends; then the in-flight streams finish (bounded by
-``--timeout``). Per stream: time to first response byte (from connect start for a new connection,
+``--timeout``). With ``--rate``, streams start at that many per second in all instead, evenly
+spaced, each on a connection that is free (one that is not waits for its turn): every target gets
+the same offered load, where back to back each gets as many streams as it finishes. Per stream: time to first response byte (from connect start for a new connection,
 else from sending the request), total time, ``data:`` events seen, and whether ``data: [DONE]``
 arrived. Prints one JSON object (and writes it to ``--out``)::
 
@@ -14,6 +16,7 @@ arrived. Prints one JSON object (and writes it to ``--out``)::
 from __future__ import annotations
 
 import argparse
+import collections
 import errno
 import json
 import resource
@@ -107,6 +110,9 @@ class Load:
         self.errors: dict[str, int] = {}
         self.error_samples: list[str] = []
         self.connections = 0
+        self.rate = args.rate  # streams started per second in all; 0: back to back on every connection
+        self.idle: collections.deque[Conn] = collections.deque()  # connected, waiting for a start (with a rate)
+        self.next_start = 0.0
 
     # -- bookkeeping ------------------------------------------------------------------------
     def error(self, kind: str, detail: str = "") -> None:
@@ -123,7 +129,8 @@ class Load:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         conn = Conn(sock)
         conn.t0 = now
-        self.started += 1
+        if not self.rate:
+            self.started += 1
         self.connections += 1
         err = sock.connect_ex(self.addr)
         if err not in (0, errno.EINPROGRESS):
@@ -155,6 +162,9 @@ class Load:
         else:
             self.error("incomplete", f"no [DONE] after {len(body)} bytes")
         if conn.keepalive and self.may_start(now):
+            if self.rate:
+                self.idle.append(conn)
+                return
             self.started += 1
             conn.reset(now)
             self.send(conn)
@@ -172,23 +182,44 @@ class Load:
             if self.may_start(time.perf_counter()):
                 self.open(time.perf_counter())
 
+    def start_due(self, now: float) -> float:
+        """With a rate: start the streams whose time has come on free connections; seconds to the next start."""
+        while self.idle and now >= self.next_start:
+            if not self.may_start(now):
+                while self.idle:
+                    self.close(self.idle.popleft())
+                return 0.05
+            conn = self.idle.popleft()
+            self.started += 1
+            conn.reset(now)
+            self.send(conn)
+            self.next_start += 1.0 / self.rate
+        if not self.idle:
+            self.next_start = max(self.next_start, now)  # no free connection: the next start waits for one
+            return 0.05
+        return min(0.05, self.next_start - now)
+
     # -- the loop ---------------------------------------------------------------------------
     def run(self) -> dict[str, t.Any]:
         args = self.args
         begin = time.perf_counter()
         self.deadline = begin + args.duration
         hard_deadline = self.deadline + args.timeout
+        self.next_start = begin
         for _ in range(args.concurrency):
             self.open(begin)
         last_sweep = begin
+        wait = 0.05
         while self.conns:
             now = time.perf_counter()
+            if self.rate:
+                wait = self.start_due(now)
             if now > hard_deadline:
                 for conn in list(self.conns.values()):
                     self.error("timeout", "still open at the hard deadline")
                     self.close(conn)
                 break
-            for fd, _mask in self.epoll.poll(0.05):
+            for fd, _mask in self.epoll.poll(max(wait, 0.0)):
                 conn = self.conns.get(fd)
                 if conn is None:
                     continue
@@ -203,7 +234,10 @@ class Load:
                         continue
                     conn.connecting = False
                     self.epoll.modify(fd, select.EPOLLIN)
-                    self.send(conn)
+                    if self.rate:
+                        self.idle.append(conn)
+                    else:
+                        self.send(conn)
                     continue
                 try:
                     data = conn.sock.recv(262144)
@@ -235,8 +269,9 @@ class Load:
                     self.finish(conn, now)
             if now - last_sweep > 0.5:  # per-stream timeout
                 last_sweep = now
+                waiting = set(self.idle)
                 for conn in list(self.conns.values()):
-                    if now - conn.t0 > args.timeout:
+                    if conn not in waiting and now - conn.t0 > args.timeout:
                         self.error("timeout", f"no complete answer within {args.timeout}s")
                         self.close(conn)
                         if self.may_start(now):
@@ -246,6 +281,7 @@ class Load:
         ms = 1000.0
         return {
             "concurrency": args.concurrency,
+            "rate": self.rate,
             "duration_s": round(elapsed, 3),
             "streams": self.ok + failed,
             "completed": self.ok,
@@ -271,6 +307,8 @@ def main(argv: t.Sequence[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=100)
     parser.add_argument("--duration", type=float, default=10.0, help="seconds during which new streams start")
     parser.add_argument("--max-streams", type=int, default=1_000_000, help="bound on streams started")
+    parser.add_argument("--rate", type=float, default=0.0,
+                        help="streams started per second in all (0: back to back on every connection)")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds one stream may take")
     parser.add_argument("--out", default="")
     args = parser.parse_args(argv)
