@@ -205,3 +205,27 @@ def test_large_message_trickled_in_is_linear() -> None:
     for start in range(0, len(data), 1024):
         messages += decoder.feed(data[start : start + 1024])
     assert [m.payload for m in messages] == [payload]
+
+
+def test_repeated_header_bytes_are_parsed_once_and_shared() -> None:
+    data = STREAM + event("contentBlockDelta", b"{}") + event("messageStop", b"{}")
+    messages, _ = decode_in_pieces(data, [])
+    assert messages == botocore_messages(data)
+    deltas = [m for m in messages if m.headers.get(":event-type") == "contentBlockDelta"]
+    assert len(deltas) == 2 and deltas[0].headers is deltas[1].headers
+    assert messages[0].headers is not deltas[0].headers  # other header bytes: parsed on their own
+
+
+def test_a_decoder_keeps_a_bounded_number_of_header_blocks() -> None:
+    data = b"".join(event(f"type{number}", b"{}") for number in range(40))
+    decoder = EventStreamDecoder()
+    messages = decoder.feed(data) + decoder.feed(data)
+    assert [m.headers[":event-type"] for m in messages] == [f"type{n}" for n in range(40)] * 2
+    assert len(decoder._known) == 16
+
+
+def test_malformed_headers_are_rejected_after_good_ones_were_kept() -> None:
+    decoder = EventStreamDecoder()
+    decoder.feed(event("chunk", b"{}"))
+    with pytest.raises(EventStreamError):
+        decoder.feed(_with_raw_headers(b"\x03abc\x07\x00\x09short"))
