@@ -285,3 +285,30 @@ def test_invoke_events_keep_their_json_bytes_and_converse_events_do_not() -> Non
     assert (kind, body) == ("ping", {"type": "ping"})
     (converse,) = BedrockStreamReader("application/json", "converse").feed(b'data: {"messageStop": {}}\n')
     assert converse.type == "messageStop" and converse.raw is None
+
+
+def _invoke_payloads(anthropic: dict[str, object]) -> list[bytes]:
+    """One invoke chunk's payload as Bedrock and the simulator write it, and forms only JSON reads."""
+    encoded = base64.b64encode(json.dumps(anthropic).encode()).decode()
+    return [
+        json.dumps({"bytes": encoded, "p": "abcdefgh"}, separators=(",", ":")).encode(),  # Bedrock's compact form
+        json.dumps({"bytes": encoded, "p": "abcdefgh"}).encode(),  # the simulator's
+        json.dumps({"bytes": encoded}).encode(),
+        json.dumps({"p": "abc", "bytes": encoded}).encode(),  # other key order
+        json.dumps({"bytes": encoded, "p": "a-b_c"}).encode(),  # padding with other characters
+        json.dumps({"bytes": encoded.replace("/", "\\/")}).encode().replace(b"\\\\/", b"\\/"),  # JSON-escaped /
+        b'{ "bytes" : "' + encoded.encode() + b'" }',
+    ]
+
+
+@pytest.mark.parametrize("number", range(len(ANTHROPIC)))
+def test_every_written_form_of_an_invoke_chunk_reads_the_same(number: int) -> None:
+    expected = [BedrockEvent(str(ANTHROPIC[number]["type"]), ANTHROPIC[number])]
+    for payload in _invoke_payloads(ANTHROPIC[number]):
+        assert read(EVENTSTREAM, "invoke", event("chunk", payload)) == expected, payload
+
+
+@pytest.mark.parametrize("payload", [b'{"bytes":"e30"}', b'{"bytes":"!!!!"}', b'{"bytes":"e30=","p":"x"', b'{"bytes":""}'])
+def test_broken_invoke_chunks_in_the_compact_form_are_invalid(payload: bytes) -> None:
+    assert [e.body["exceptionType"] for e in read(EVENTSTREAM, "invoke", event("chunk", payload))] == [
+        "invalidStreamData"]

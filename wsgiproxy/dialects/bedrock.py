@@ -21,6 +21,7 @@ import ast
 import base64
 import binascii
 import json
+import re
 import typing as t
 
 from .eventstream import EventStreamDecoder, EventStreamError, Message
@@ -81,6 +82,10 @@ def exception(exception_type: str, message: str) -> BedrockEvent:
 def is_eventstream(content_type: str | None) -> bool:
     """Whether a response ``Content-Type`` announces the binary framing."""
     return content_type is not None and content_type.split(";", 1)[0].strip().lower() == EVENTSTREAM
+
+
+# An invoke chunk's payload as Bedrock writes it: the base64 of one event, then optional padding.
+_PLAIN_CHUNK = re.compile(rb'\{"bytes": ?"([A-Za-z0-9+/]*={0,2})"(?:, ?"p": ?"[A-Za-z0-9]*")?\}')
 
 
 class BedrockStreamReader:
@@ -156,6 +161,10 @@ class BedrockStreamReader:
         name = headers.get(":event-type")
         if kind != "event" or not isinstance(name, str):
             return _invalid(f"an event-stream message of type {kind!r} without an event type")
+        if name == "chunk" and self._operation == "invoke":
+            plain = _PLAIN_CHUNK.fullmatch(message.payload)
+            if plain is not None:  # as Bedrock writes them: no need to parse the wrapper as JSON
+                return _from_base64(plain.group(1))
         payload = _json_object(message.payload)
         if payload is None:
             return _invalid(f"the payload of a {name!r} event is not a JSON object")
@@ -236,6 +245,10 @@ def _from_chunk(payload: dict[str, t.Any]) -> BedrockEvent:
     encoded = payload.get("bytes")
     if not isinstance(encoded, str):
         return _invalid("an invoke chunk without base64 bytes")
+    return _from_base64(encoded)
+
+
+def _from_base64(encoded: str | bytes) -> BedrockEvent:
     try:
         raw = base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError):
