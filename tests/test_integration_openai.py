@@ -289,3 +289,19 @@ def test_upstream_timeout_is_504_and_unreachable_is_502(stack_m: Stack, sim: Sim
         assert info.value.status_code == 502 and "cannot connect" in str(info.value)
     finally:
         impatient.stop()
+
+
+def test_a_stream_that_stalls_ends_with_a_timeout_event_after_the_read_timeout(stack_m: Stack, sim: Sim) -> None:
+    """The lean worker relays streams from its event loop (servers/pump.py): its timer applies the read timeout."""
+    impatient = stack_m.gunicorn(sim.config_path, workers=1, extra_env={"WSGIPROXY_READ_TIMEOUT": "1"})
+    try:
+        sim.control("/_sim/faults", {"faults": [{"kind": "stall", "after_chunks": 2, "seconds": 4}]})
+        received = []
+        started = time.monotonic()
+        with pytest.raises(openai.APIError, match="read timeout"):
+            for chunk in sdk(impatient).chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True):
+                received.append(chunk)
+        assert received and 0.9 <= time.monotonic() - started < 3.5
+        assert sdk(impatient).chat.completions.create(model="gpt-4o", messages=MESSAGES).choices  # still serving
+    finally:
+        impatient.stop()
