@@ -115,7 +115,7 @@ def test_a_silent_upstream_expires_after_the_timeout() -> None:
 
 
 def test_events_keep_a_slow_stream_alive_past_the_timeout() -> None:
-    relay = Relay(6, gap=0.1, timeout=0.25)  # 0.6 s in all, never 0.25 s without an event
+    relay = Relay(8, gap=0.1, timeout=0.5)  # 0.8 s in all, never 0.5 s without an event
     relay.run()
     assert relay.body.how == "complete"
     assert b"".join(unwire(relay.received())) == relay.expected
