@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 
 from tests.fakes import PushableResponse, stream_response
@@ -92,3 +94,24 @@ def test_a_response_that_must_wait_to_read_is_not_pushable() -> None:
     next(iter(started))
     assert started.upstream() is None  # iterating already: stays iterated
     started.close()
+
+
+class EndsLate(PushableResponse):
+    """A response that tells its end by one more read (``b""``), keeping its socket until then."""
+
+    @property
+    def sock(self) -> socket.socket | None:
+        return self._sock
+
+    def read_nowait(self, amt: int = 65536, /) -> bytes | None:
+        return self.read1(amt)
+
+
+def test_an_empty_read_ends_the_stream_even_if_the_response_kept_its_socket() -> None:
+    upstream = EndsLate(list(STREAM))
+    stream, _ = relayed(upstream)
+    steps = push(stream)
+    assert len(steps) == len(STREAM) + 1  # the empty read ended it
+    assert b"".join(steps) == iterated(STREAM)
+    assert stream.over and stream.upstream() is None
+    upstream.close()

@@ -127,7 +127,7 @@ class RelayedStream:
         if chunk is None:
             return b""
         events = self._translator.feed(chunk) if chunk else []
-        if response.sock is None:  # type: ignore[attr-defined]  # the body ended with this read
+        if not chunk or response.sock is None:  # type: ignore[attr-defined]  # the body ended (with this read)
             events += [self._ended()]
         self._release_if_over()
         return events[0] if len(events) == 1 else b"".join(events)
