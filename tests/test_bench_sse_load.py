@@ -46,11 +46,11 @@ def sse_url() -> t.Iterator[str]:
     server.server_close()
 
 
-def run_load(url: str, tmp_path: Path, rate: float) -> dict[str, t.Any]:
+def run_load(url: str, tmp_path: Path, rate: float, done: str = "data: [DONE]") -> dict[str, t.Any]:
     body = tmp_path / "body.json"
     body.write_text("{}")
     args = argparse.Namespace(url=url, body_file=str(body), key="k", concurrency=8, duration=1.0,
-                              max_streams=10_000, timeout=10.0, rate=rate, out="")
+                              max_streams=10_000, timeout=10.0, rate=rate, done=done, out="")
     return Load(args).run()
 
 
@@ -66,3 +66,9 @@ def test_a_rate_spaces_the_starts_whatever_the_connections_could_do(sse_url: str
     assert result["errors"] == 0 and result["completed"] == result["streams"]
     assert 30 <= result["streams"] <= 45  # 40 per second for one second, where back to back runs 80 or more
     assert result["rate"] == 40.0 and result["connections"] == 8
+
+
+def test_a_stream_without_the_done_marker_is_an_incomplete_one(sse_url: str, tmp_path: Path) -> None:
+    result = run_load(sse_url, tmp_path, 20.0, done="event: message_stop")
+    assert result["completed"] == 0 and result["errors"] == result["streams"] > 0
+    assert set(result["error_kinds"]) == {"incomplete"}

@@ -16,20 +16,17 @@ read the two columns of one run against each other, not against another run.
 from __future__ import annotations
 
 import argparse
-import base64
 import gc
 import io
 import json
 import os
 import shutil
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
 import time
 import typing as t
-import zlib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,6 +46,7 @@ def _cases(package: str, workdir: str) -> dict[str, Case]:
     """Every case, each a function timing one request (or one pass of events) of ``package``."""
     import importlib
 
+    from tests.bench import payloads
     from tests.fakes import FakeResponse, response, stream_response
 
     def load(module: str) -> t.Any:
@@ -113,8 +111,8 @@ def _cases(package: str, workdir: str) -> dict[str, Case]:
                                           "finish_reason": "stop"}],
                              "usage": {"prompt_tokens": 9, "completion_tokens": 3, "total_tokens": 12}}).encode()
     chat_events = openai_events()
-    invoke_events = anthropic_events()
-    invoke_frames = [_chunk_frame(event) for event in invoke_events]
+    invoke_events = payloads.anthropic_events(EVENTS)
+    invoke_frames = [payloads.invoke_frame(event) for event in invoke_events]
     auth = {"authorization": f"Bearer {KEY}"}
     chat = json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}).encode()
     chat_stream = json.dumps({"model": "gpt-4o", "stream": True,
@@ -215,32 +213,6 @@ def openai_events() -> list[bytes]:
     events.append(head + '"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}')
     events.append(head + '"choices":[],"usage":{"prompt_tokens":9,"completion_tokens":20,"total_tokens":29}}')
     return [b"data: " + event.encode() + b"\n\n" for event in events] + [b"data: [DONE]\n\n"]
-
-
-def anthropic_events() -> list[bytes]:
-    message = {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude", "content": [],
-               "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 9, "output_tokens": 1}}
-    events: list[dict[str, t.Any]] = [{"type": "message_start", "message": message}, {"type": "ping"},
-                                      {"type": "content_block_start", "index": 0,
-                                       "content_block": {"type": "text", "text": ""}}]
-    events += [{"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": f"word{i} "}}
-               for i in range(EVENTS)]
-    events += [{"type": "content_block_stop", "index": 0},
-               {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                "usage": {"output_tokens": EVENTS}},
-               {"type": "message_stop", "amazon-bedrock-invocationMetrics": {"inputTokenCount": 9}}]
-    return [json.dumps(event, separators=(",", ":")).encode() for event in events]
-
-
-def _chunk_frame(event: bytes) -> bytes:
-    """An invoke ``chunk`` event-stream message wrapping one Anthropic event, as Bedrock sends it."""
-    payload = json.dumps({"bytes": base64.b64encode(event).decode(), "p": "abcdefghijklmnop"[: len(event) % 16]})
-    headers = {":event-type": "chunk", ":content-type": "application/json", ":message-type": "event"}
-    encoded = b"".join(bytes([len(name)]) + name.encode() + b"\x07" + struct.pack(">H", len(value)) + value.encode()
-                       for name, value in headers.items())
-    prelude = struct.pack(">II", 12 + len(encoded) + len(payload) + 4, len(encoded))
-    message = prelude + struct.pack(">I", zlib.crc32(prelude)) + encoded + payload.encode()
-    return message + struct.pack(">I", zlib.crc32(message))
 
 
 # -- both trees in one process, interleaved ------------------------------------------------

@@ -3,12 +3,16 @@
 The chat request is a small realistic OpenAI request; the answers are what Azure OpenAI on SAP
 AI Core returns (a chat.completion, or 20 chat.completion.chunk events plus the usage chunk and
 ``[DONE]``). Everything is plain ASCII JSON without ``'``, ``$`` or ``\\`` so it can sit in an
-nginx single-quoted string as is.
+nginx single-quoted string as is. A Claude stream is what Bedrock's ``invoke-with-response-stream``
+returns: 20 binary event-stream messages, each the base64 of one Anthropic event.
 """
 
 from __future__ import annotations
 
+import base64
 import json
+import struct
+import zlib
 
 CLIENT_KEY = "sk-bench-0123456789abcdef"
 TOKEN = "bench-token-" + "x" * 900  # XSUAA tokens are JWTs of about 1 kB
@@ -16,6 +20,8 @@ MODEL = "gpt-4o"  # non-streaming deployment (nginx static answer)
 STREAM_MODEL = "gpt-4o-stream"  # streaming deployment (20 events, 20 ms apart)
 DEPLOYMENT = "dbench0000000001"
 STREAM_DEPLOYMENT = "dstream000000001"
+CLAUDE_MODEL = "anthropic--claude-4.5-sonnet"  # a Bedrock invoke stream (20 binary messages, 20 ms apart)
+CLAUDE_DEPLOYMENT = "dclaude000000001"
 CHUNKS = 20
 CHUNK_GAP_S = 0.020
 
@@ -84,3 +90,42 @@ def sse_events() -> list[str]:
                     "usage": {"prompt_tokens": 41, "completion_tokens": CHUNKS, "total_tokens": 41 + CHUNKS}})
     events[-1] += "data: " + usage + "\n\ndata: [DONE]\n\n"
     return events
+
+
+def messages_request() -> bytes:
+    """A streamed Anthropic Messages request for :data:`CLAUDE_MODEL`."""
+    return json.dumps({"model": CLAUDE_MODEL, "max_tokens": 256, "stream": True, "system": _SYSTEM,
+                       "messages": [{"role": "user", "content": _USER}]}).encode()
+
+
+def anthropic_events(deltas: int = CHUNKS - 5) -> list[bytes]:
+    """A Claude answer as Anthropic stream events (compact JSON): message_start, a text block of
+    ``deltas`` deltas, message_delta with the usage, message_stop with Bedrock's invocation metrics."""
+    words = _ANSWER.split()
+    message = {"id": "msg_bench0000000000000001", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5",
+               "content": [], "stop_reason": None, "stop_sequence": None,
+               "usage": {"input_tokens": 41, "output_tokens": 1}}
+    events: list[dict[str, object]] = [
+        {"type": "message_start", "message": message},
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}]
+    events += [{"type": "content_block_delta", "index": 0,
+                "delta": {"type": "text_delta", "text": words[i % len(words)] + " "}} for i in range(deltas)]
+    events += [{"type": "content_block_stop", "index": 0},
+               {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                "usage": {"output_tokens": deltas}},
+               {"type": "message_stop", "amazon-bedrock-invocationMetrics": {
+                   "inputTokenCount": 41, "outputTokenCount": deltas, "invocationLatency": 400,
+                   "firstByteLatency": 20}}]
+    return [_dumps(event).encode() for event in events]
+
+
+def invoke_frame(event: bytes) -> bytes:
+    """One event-stream message of an invoke stream, as Bedrock writes it: an event-type ``chunk``
+    whose payload is ``{"bytes":"<base64 of the event>","p":"<padding>"}``."""
+    payload = _dumps({"bytes": base64.b64encode(event).decode(), "p": "abcdefghijklmnopqrstuvwxyz"[: len(event) % 26]})
+    headers = b"".join(bytes([len(name)]) + name + b"\x07" + struct.pack(">H", len(value)) + value
+                       for name, value in ((b":event-type", b"chunk"), (b":content-type", b"application/json"),
+                                           (b":message-type", b"event")))
+    prelude = struct.pack(">II", 12 + len(headers) + len(payload) + 4, len(headers))
+    message = prelude + struct.pack(">I", zlib.crc32(prelude)) + headers + payload.encode()
+    return message + struct.pack(">I", zlib.crc32(message))

@@ -64,8 +64,18 @@ class Mode:
     stream_s: float  # seconds during which new streams start
     levels: tuple[int, ...] = (1, 16, 64, 256)
     streams: tuple[int, ...] = (100, 1000)
+    claude_streams: tuple[int, ...] = (100,)  # Claude (Bedrock invoke) streams: the proxy targets only
     extra_proxy: bool = False  # also the stock-worker targets
     rounds: int = 1  # each point measured this many times, the targets taking turns; the median is reported
+
+
+CLAUDE_PATH = "/v1/messages"
+CLAUDE_DONE = "event: message_stop"  # what a complete Anthropic stream contains
+
+
+def _speaks_claude(target: T.Target) -> bool:
+    """Only the proxy translates a Bedrock invoke stream; the other targets would relay the binary messages."""
+    return target.name.startswith("proxy")
 
 
 QUICK = Mode("quick", point_s=3.0, stream_s=3.0)
@@ -176,11 +186,11 @@ def wrk(url: str, body_file: Path, key: str, connections: int, seconds: float, l
 
 
 def sse_load(url: str, body_file: Path, key: str, concurrency: int, seconds: float, scratch: Path,
-             rate: float = 0.0) -> dict[str, t.Any]:
+             rate: float = 0.0, done: str = "data: [DONE]") -> dict[str, t.Any]:
     out_file = scratch / f"sse-{concurrency}-{time.monotonic_ns()}.json"
     cmd = [*T.taskset(LOAD_CPU), sys.executable, "-m", "tests.bench.sse_load", "--url", url, "--body-file",
            str(body_file), "--key", key, "--concurrency", str(concurrency), "--duration", str(seconds),
-           "--timeout", "60", "--rate", str(rate), "--out", str(out_file)]
+           "--timeout", "60", "--rate", str(rate), "--done", done, "--out", str(out_file)]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=base_env(), timeout=seconds + 120)
     if out.returncode != 0 or not out_file.exists():
         raise RuntimeError(f"sse_load failed ({out.returncode}): {out.stderr[-1500:]}")
@@ -201,6 +211,7 @@ class Bench:
         self.bodies = {
             "chat": self._body("chat.json", p.chat_request(p.MODEL)),
             "stream": self._body("stream.json", p.chat_request(p.STREAM_MODEL, stream=True)),
+            "claude": self._body("claude.json", p.messages_request()),
         }
 
     def _body(self, name: str, data: bytes) -> Path:
@@ -259,6 +270,9 @@ class Bench:
     def warm_up(self, target: T.Target) -> None:
         wrk(target.url + target.chat_path, self.bodies["chat"], self.key(target), 16, 1)
         sse_load(target.url + target.stream_path, self.bodies["stream"], self.key(target), 20, 0.5, self.scratch)
+        if _speaks_claude(target):
+            sse_load(target.url + CLAUDE_PATH, self.bodies["claude"], self.key(target), 5, 0.5, self.scratch,
+                     done=CLAUDE_DONE)
 
     def measure(self, target: T.Target, sampler: RssSampler, load: t.Callable[[], dict[str, t.Any]],
                 count_key: str) -> dict[str, t.Any]:
@@ -322,6 +336,23 @@ class Bench:
                              f"{row['cpu_us_per_req']:6.0f} us/stream  RSS {row['peak_rss_kb'] / 1024:6.1f} MB  "
                              f"(round {turn + 1}/{mode.rounds})")
                 report["stream"] += [median_row(rows) for rows in rounds.values()]
+            claude = [name for name in names if _speaks_claude(self.targets[name])]
+            for streams in mode.claude_streams if claude else ():
+                rounds = {name: [] for name in claude}
+                for turn in range(mode.rounds):
+                    for name in claude:
+                        target = self.targets[name]
+                        row = self.measure(target, samplers[name],
+                                           functools.partial(sse_load, target.url + CLAUDE_PATH, self.bodies["claude"],
+                                                             self.key(target), streams, mode.stream_s, self.scratch,
+                                                             done=CLAUDE_DONE), "completed")
+                        row |= {"target": name}
+                        rounds[name].append(row)
+                        _say(f"{name:12} claude={streams:<5} ok {row['completed']:6} errors {row['errors']:4}  "
+                             f"TTFB p50 {row['ttfb_ms']['p50']:7.1f} p99 {row['ttfb_ms']['p99']:7.1f} ms  "
+                             f"total p50 {row['total_ms']['p50']:7.1f} p99 {row['total_ms']['p99']:7.1f} ms  "
+                             f"{row['cpu_us_per_req']:6.0f} us/stream  (round {turn + 1}/{mode.rounds})")
+                report.setdefault("claude", []).extend(median_row(rows) for rows in rounds.values())
             for name, target in self.targets.items():
                 report["memory"][name] = {
                     "workers": len(target.workers),
@@ -508,6 +539,18 @@ def markdown(report: dict[str, t.Any]) -> str:
                          f"{r['total_ms']['p99']:.0f} | {r['streams_per_s']:,.0f} | {_spread(r)} | "
                          f"{r['peak_rss_kb'] / 1024:.1f} | {r['worker_cpu_pct']:.0f} | {r['loadgen_cpu_pct']:.0f} |")
         lines.append("")
+    if report.get("claude"):
+        lines += ["## Claude streams (a Bedrock invoke stream of 20 binary messages 20 ms apart, relayed as Anthropic "
+                  "SSE; the proxy targets only)", "",
+                  "| target | streams | completed | errors | TTFB p50 ms | TTFB p99 ms | total p50 ms | total p99 ms "
+                  "| streams/s | CPU µs/stream | target CPU % |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in sorted(report["claude"], key=lambda r: (r["concurrency"], _order(r["target"]))):
+            lines.append(f"| {r['target']} | {r['concurrency']} | {r['completed']:,} | {r['errors']} | "
+                         f"{r['ttfb_ms']['p50']:.1f} | {r['ttfb_ms']['p99']:.1f} | {r['total_ms']['p50']:.0f} | "
+                         f"{r['total_ms']['p99']:.0f} | {r['streams_per_s']:,.0f} | {_spread(r)} | "
+                         f"{r['worker_cpu_pct']:.0f} |")
+        lines.append("")
     if report.get("memory"):
         lines += ["## Memory per worker at the end of the run", "",
                   "| target | workers | VmHWM MB | RSS MB | PSS MB | master RSS MB |", "|---|---:|---:|---:|---:|---:|"]
@@ -530,8 +573,8 @@ def markdown(report: dict[str, t.Any]) -> str:
             met = "—" if c["ok"] is None else "yes" if c["ok"] else "no"
             lines.append(f"| {c['target']} | {c['measured']} | {c['goal']} | {met} |")
         lines.append("")
-    rounds = max((len(r.get("rounds") or []) for r in report.get("nonstream", []) + report.get("stream", [])),
-                 default=1)
+    rounds = max((len(r.get("rounds") or []) for r in report.get("nonstream", []) + report.get("stream", [])
+                  + report.get("claude", [])), default=1)
     if rounds > 1:
         lines += [f"Each point was measured {rounds} times, the targets taking turns, so a burst of load from the "
                   "machine's other tenants hits them alike; the tables show the median of the rounds (counts are "

@@ -5,9 +5,10 @@ reuse theirs), so the generator costs little CPU next to what it measures. Each 
 streams back to back until ``--duration`` ends; then the in-flight streams finish (bounded by
 ``--timeout``). With ``--rate``, streams start at that many per second in all instead, evenly
 spaced, each on a connection that is free (one that is not waits for its turn): every target gets
-the same offered load, where back to back each gets as many streams as it finishes. Per stream: time to first response byte (from connect start for a new connection,
-else from sending the request), total time, ``data:`` events seen, and whether ``data: [DONE]``
-arrived. Prints one JSON object (and writes it to ``--out``)::
+the same offered load, where back to back each gets as many streams as it finishes. Per stream:
+time to first response byte (from connect start for a new connection, else from sending the
+request), total time, ``data:`` events seen, and whether the stream completed (``data: [DONE]``
+arrived, or what ``--done`` says). Prints one JSON object (and writes it to ``--out``)::
 
     python -m tests.bench.sse_load --url http://127.0.0.1:3001/v1/chat/completions \\
         --body-file body.json --key sk-... --concurrency 1000 --duration 10
@@ -110,6 +111,7 @@ class Load:
         self.errors: dict[str, int] = {}
         self.error_samples: list[str] = []
         self.connections = 0
+        self.done_marker = args.done.encode()  # what a complete stream contains
         self.rate = args.rate  # streams started per second in all; 0: back to back on every connection
         self.idle: collections.deque[Conn] = collections.deque()  # connected, waiting for a start (with a rate)
         self.next_start = 0.0
@@ -151,7 +153,7 @@ class Load:
     def finish(self, conn: Conn, now: float) -> None:
         """A complete response: record it, then run the next stream on this connection or close it."""
         body = bytes(conn.buf[conn.head_len:])
-        done = b"data: [DONE]" in body
+        done = self.done_marker in body
         if conn.status == 200 and done:
             self.ok += 1
             self.ttfb.append(conn.t_first - conn.t0)
@@ -160,7 +162,7 @@ class Load:
         elif conn.status != 200:
             self.error(f"status_{conn.status}", body[:160].decode("latin-1"))
         else:
-            self.error("incomplete", f"no [DONE] after {len(body)} bytes")
+            self.error("incomplete", f"no {self.done_marker.decode()!r} after {len(body)} bytes")
         if conn.keepalive and self.may_start(now):
             if self.rate:
                 self.idle.append(conn)
@@ -307,6 +309,8 @@ def main(argv: t.Sequence[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=100)
     parser.add_argument("--duration", type=float, default=10.0, help="seconds during which new streams start")
     parser.add_argument("--max-streams", type=int, default=1_000_000, help="bound on streams started")
+    parser.add_argument("--done", default="data: [DONE]",
+                        help="what a complete stream contains (Anthropic streams: 'event: message_stop')")
     parser.add_argument("--rate", type=float, default=0.0,
                         help="streams started per second in all (0: back to back on every connection)")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds one stream may take")

@@ -119,7 +119,8 @@ events {{ worker_connections 16384; multi_accept on; }}
 
 
 def upstream_conf(directory: Path, port: int) -> str:
-    """nginx as SAP AI Core: the token endpoint, a static chat answer, a paced SSE stream."""
+    """nginx as SAP AI Core: the token endpoint, a static chat answer, a paced SSE stream, and a paced
+    Bedrock invoke stream (binary messages: each a file under ``directory``, sent by a subrequest)."""
     main, http = _nginx_common(directory)
     echoes = []
     for i, event in enumerate(p.sse_events()):
@@ -128,6 +129,16 @@ def upstream_conf(directory: Path, port: int) -> str:
         echoes.append("            echo -n '" + event.replace("\n", "\\n") + "';")
         echoes.append("            echo_flush;")
     stream = "\n".join(echoes)
+    frames = directory.resolve() / "claude-frames"
+    frames.mkdir(parents=True, exist_ok=True)
+    claude = []
+    for i, event in enumerate(p.anthropic_events()):
+        (frames / f"{i}.bin").write_bytes(p.invoke_frame(event))
+        if i:
+            claude.append(f"            echo_sleep {p.CHUNK_GAP_S};")
+        claude.append(f"            echo_location /claude-frames/{i}.bin;")
+        claude.append("            echo_flush;")
+    claude_stream = "\n".join(claude)
     return f"""load_module {ECHO_MODULE};
 {main}
 http {{{http}
@@ -143,6 +154,11 @@ http {{{http}
             default_type text/event-stream;
             add_header Cache-Control no-cache;
 {stream}
+        }}
+        location /claude-frames/ {{ internal; alias {frames}/; default_type application/octet-stream; }}
+        location = /v2/inference/deployments/{p.CLAUDE_DEPLOYMENT}/invoke-with-response-stream {{
+            default_type application/vnd.amazon.eventstream;
+{claude_stream}
         }}
     }}
 }}
@@ -205,6 +221,7 @@ def write_proxy_config(directory: Path, upstream_url: str) -> Path:
                 "deployment_models": {
                     p.MODEL: [f"{upstream_url}/v2/inference/deployments/{p.DEPLOYMENT}"],
                     p.STREAM_MODEL: [f"{upstream_url}/v2/inference/deployments/{p.STREAM_DEPLOYMENT}"],
+                    p.CLAUDE_MODEL: [f"{upstream_url}/v2/inference/deployments/{p.CLAUDE_DEPLOYMENT}"],
                 },
             }
         },
