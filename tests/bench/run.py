@@ -320,39 +320,12 @@ class Bench:
                              f"errors {row['errors']}  (round {turn + 1}/{mode.rounds})")
                 report["nonstream"] += [median_row(rows) for rows in rounds.values()]
             for streams in mode.streams:
-                rounds = {name: [] for name in names}
-                for turn in range(mode.rounds):
-                    for name in names:
-                        target = self.targets[name]
-                        url = target.url + target.stream_path
-                        row = self.measure(target, samplers[name],
-                                           functools.partial(sse_load, url, self.bodies["stream"], self.key(target),
-                                                             streams, mode.stream_s, self.scratch), "completed")
-                        row |= {"target": name}
-                        rounds[name].append(row)
-                        _say(f"{name:12} streams={streams:<5} ok {row['completed']:6} errors {row['errors']:4}  "
-                             f"TTFB p50 {row['ttfb_ms']['p50']:7.1f} p99 {row['ttfb_ms']['p99']:7.1f} ms  "
-                             f"total p50 {row['total_ms']['p50']:7.1f} p99 {row['total_ms']['p99']:7.1f} ms  "
-                             f"{row['cpu_us_per_req']:6.0f} us/stream  RSS {row['peak_rss_kb'] / 1024:6.1f} MB  "
-                             f"(round {turn + 1}/{mode.rounds})")
-                report["stream"] += [median_row(rows) for rows in rounds.values()]
+                report["stream"] += self._stream_point(names, samplers, streams, "stream",
+                                                       lambda target: target.stream_path)
             claude = [name for name in names if _speaks_claude(self.targets[name])]
             for streams in mode.claude_streams if claude else ():
-                rounds = {name: [] for name in claude}
-                for turn in range(mode.rounds):
-                    for name in claude:
-                        target = self.targets[name]
-                        row = self.measure(target, samplers[name],
-                                           functools.partial(sse_load, target.url + CLAUDE_PATH, self.bodies["claude"],
-                                                             self.key(target), streams, mode.stream_s, self.scratch,
-                                                             done=CLAUDE_DONE), "completed")
-                        row |= {"target": name}
-                        rounds[name].append(row)
-                        _say(f"{name:12} claude={streams:<5} ok {row['completed']:6} errors {row['errors']:4}  "
-                             f"TTFB p50 {row['ttfb_ms']['p50']:7.1f} p99 {row['ttfb_ms']['p99']:7.1f} ms  "
-                             f"total p50 {row['total_ms']['p50']:7.1f} p99 {row['total_ms']['p99']:7.1f} ms  "
-                             f"{row['cpu_us_per_req']:6.0f} us/stream  (round {turn + 1}/{mode.rounds})")
-                report.setdefault("claude", []).extend(median_row(rows) for rows in rounds.values())
+                report.setdefault("claude", []).extend(
+                    self._stream_point(claude, samplers, streams, "claude", lambda target: CLAUDE_PATH, CLAUDE_DONE))
             for name, target in self.targets.items():
                 report["memory"][name] = {
                     "workers": len(target.workers),
@@ -365,6 +338,27 @@ class Bench:
             for sampler in samplers.values():
                 sampler.stop()
         return report
+
+    def _stream_point(self, names: list[str], samplers: dict[str, RssSampler], streams: int, body: str,
+                      path: t.Callable[[T.Target], str], done: str = "data: [DONE]") -> list[dict[str, t.Any]]:
+        """``streams`` concurrent streams against each target, ``self.mode.rounds`` times in turn: the median rows."""
+        mode = self.mode
+        rounds: dict[str, list[dict[str, t.Any]]] = {name: [] for name in names}
+        for turn in range(mode.rounds):
+            for name in names:
+                target = self.targets[name]
+                row = self.measure(target, samplers[name],
+                                   functools.partial(sse_load, target.url + path(target), self.bodies[body],
+                                                     self.key(target), streams, mode.stream_s, self.scratch,
+                                                     done=done), "completed")
+                row |= {"target": name}
+                rounds[name].append(row)
+                _say(f"{name:12} {body}={streams:<5} ok {row['completed']:6} errors {row['errors']:4}  "
+                     f"TTFB p50 {row['ttfb_ms']['p50']:7.1f} p99 {row['ttfb_ms']['p99']:7.1f} ms  "
+                     f"total p50 {row['total_ms']['p50']:7.1f} p99 {row['total_ms']['p99']:7.1f} ms  "
+                     f"{row['cpu_us_per_req']:6.0f} us/stream  RSS {row['peak_rss_kb'] / 1024:6.1f} MB  "
+                     f"(round {turn + 1}/{mode.rounds})")
+        return [median_row(rows) for rows in rounds.values()]
 
 
 # --------------------------------------------------------------------------------------------
@@ -500,6 +494,19 @@ def _spread(row: dict[str, t.Any]) -> str:
     return f"{row['cpu_us_per_req']:.0f} ({min(rounds):.0f}–{max(rounds):.0f})"
 
 
+def _stream_table(title: str, rows: list[dict[str, t.Any]]) -> list[str]:
+    lines = [f"## {title}", "",
+             "| target | streams | completed | errors | TTFB p50 ms | TTFB p99 ms | total p50 ms | total p99 ms "
+             "| streams/s | CPU µs/stream | peak RSS MB | target CPU % | loadgen CPU % |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in sorted(rows, key=lambda r: (r["concurrency"], _order(r["target"]))):
+        lines.append(f"| {r['target']} | {r['concurrency']} | {r['completed']:,} | {r['errors']} | "
+                     f"{r['ttfb_ms']['p50']:.1f} | {r['ttfb_ms']['p99']:.1f} | {r['total_ms']['p50']:.0f} | "
+                     f"{r['total_ms']['p99']:.0f} | {r['streams_per_s']:,.0f} | {_spread(r)} | "
+                     f"{r['peak_rss_kb'] / 1024:.1f} | {r['worker_cpu_pct']:.0f} | {r['loadgen_cpu_pct']:.0f} |")
+    return [*lines, ""]
+
+
 def markdown(report: dict[str, t.Any]) -> str:
     env = report["environment"]
     lines = [f"# wsgiproxy benchmark: {report['mode']} run", "",
@@ -529,28 +536,10 @@ def markdown(report: dict[str, t.Any]) -> str:
                          f"{r['upstream_cpu_pct']:.0f} | {r['loadgen_cpu_pct']:.0f} |")
         lines.append("")
     if report.get("stream"):
-        lines += ["## Streams (20 events 20 ms apart, keep-alive clients)", "",
-                  "| target | streams | completed | errors | TTFB p50 ms | TTFB p99 ms | total p50 ms | total p99 ms "
-                  "| streams/s | CPU µs/stream | peak RSS MB | target CPU % | loadgen CPU % |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-        for r in sorted(report["stream"], key=lambda r: (r["concurrency"], _order(r["target"]))):
-            lines.append(f"| {r['target']} | {r['concurrency']} | {r['completed']:,} | {r['errors']} | "
-                         f"{r['ttfb_ms']['p50']:.1f} | {r['ttfb_ms']['p99']:.1f} | {r['total_ms']['p50']:.0f} | "
-                         f"{r['total_ms']['p99']:.0f} | {r['streams_per_s']:,.0f} | {_spread(r)} | "
-                         f"{r['peak_rss_kb'] / 1024:.1f} | {r['worker_cpu_pct']:.0f} | {r['loadgen_cpu_pct']:.0f} |")
-        lines.append("")
+        lines += _stream_table("Streams (20 events 20 ms apart, keep-alive clients)", report["stream"])
     if report.get("claude"):
-        lines += ["## Claude streams (a Bedrock invoke stream of 20 binary messages 20 ms apart, relayed as Anthropic "
-                  "SSE; the proxy targets only)", "",
-                  "| target | streams | completed | errors | TTFB p50 ms | TTFB p99 ms | total p50 ms | total p99 ms "
-                  "| streams/s | CPU µs/stream | target CPU % |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-        for r in sorted(report["claude"], key=lambda r: (r["concurrency"], _order(r["target"]))):
-            lines.append(f"| {r['target']} | {r['concurrency']} | {r['completed']:,} | {r['errors']} | "
-                         f"{r['ttfb_ms']['p50']:.1f} | {r['ttfb_ms']['p99']:.1f} | {r['total_ms']['p50']:.0f} | "
-                         f"{r['total_ms']['p99']:.0f} | {r['streams_per_s']:,.0f} | {_spread(r)} | "
-                         f"{r['worker_cpu_pct']:.0f} |")
-        lines.append("")
+        lines += _stream_table("Claude streams (a Bedrock invoke stream of 20 binary messages 20 ms apart, relayed "
+                               "as Anthropic SSE; the proxy targets only)", report["claude"])
     if report.get("memory"):
         lines += ["## Memory per worker at the end of the run", "",
                   "| target | workers | VmHWM MB | RSS MB | PSS MB | master RSS MB |", "|---|---:|---:|---:|---:|---:|"]
