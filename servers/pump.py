@@ -113,11 +113,11 @@ class Pump:
 
     def _send(self, data: bytes) -> None:
         """Send what the body gave (and what the client had not taken); end when the body is over."""
-        out = self._wire(data) if data else b""
-        pending = self._pending
-        if pending is not None:
-            out = bytes(pending) + out if out else pending  # type: ignore[assignment]
-            self._pending = None
+        out: bytes | memoryview
+        if self._pending is None:
+            out = self._wire(data) if data else b""
+        else:  # a flush (_writable): the upstream is not read while the client has bytes pending
+            out, self._pending = self._pending, None
         if out:
             try:
                 sent = self._client.send(out)
