@@ -18,6 +18,7 @@
 # | WSGIPROXY_MAX_REQUESTS        | max_requests        | 0 (workers are never recycled)          |
 # | WSGIPROXY_MAX_REQUESTS_JITTER | max_requests_jitter | 0                                       |
 # | WSGIPROXY_GC_THRESHOLD        | (worker GC, gen. 0) | 10000 allocations; 0 = Python's 700     |
+# | WSGIPROXY_RELAY_SLICE_MS      | (lean worker, load) | 10 ms of relays per loop turn; 0 = off  |
 # | WSGIPROXY_ACCESSLOG           | accesslog           | - (stdout); "off" disables it           |
 # | WSGIPROXY_ERRORLOG            | errorlog            | - (stderr)                              |
 # | WSGIPROXY_LOG_LEVEL           | loglevel            | info (also the app's log level)         |
@@ -59,7 +60,7 @@ _ROOT = str(Path(__file__).resolve().parent.parent)
 if (Path(_ROOT) / "servers" / "__init__.py").is_file() and _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-from servers import gunicorn_hooks
+from servers import gunicorn_hooks, pump
 
 # The app's own log lines go to gunicorn's error log; done here, before preload imports the app.
 gunicorn_hooks.route_app_logs_to_gunicorn()
@@ -124,6 +125,11 @@ max_requests_jitter = _env_int("WSGIPROXY_MAX_REQUESTS_JITTER", 0)
 # WSGIPROXY_GC_THRESHOLD allocations instead of 700 (0: Python's defaults). Checked here, set
 # in post_worker_init (servers/gunicorn_hooks.py tune_gc).
 gunicorn_hooks.gc_threshold()
+# A busy lean worker serves new requests and response heads before it relays more events of
+# the streams already flowing: WSGIPROXY_RELAY_SLICE_MS of relays per event-loop turn, the rest
+# after the next turn's requests (0: every event relayed when it comes). Checked here, read by
+# the worker (servers/pump.py Pacer).
+pump.relay_slice()
 
 # --- timeouts ----------------------------------------------------------------------------
 # `timeout` is NOT a request deadline under gevent: it is the worker heartbeat. The gevent

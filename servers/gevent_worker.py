@@ -36,7 +36,7 @@ from urllib.parse import unquote_to_bytes, urlsplit
 import gevent
 from gunicorn.workers.ggevent import GeventWorker
 
-from servers.pump import Pump
+from servers.pump import Pacer, Pump, relay_slice
 from wsgiproxy.sockets import Deadlines, send_all, wait_readable
 
 if t.TYPE_CHECKING:
@@ -347,6 +347,8 @@ class LeanGeventWorker(GeventWorker):
         }
         self._env_keys: dict[bytes, str] = {}
         self._date = _DateHeader()
+        self._relay_slice = relay_slice()
+        self._pacer: Pacer | None = None  # made on the first pushed body, on this process's loop
         self._deadlines = Deadlines()  # the keep-alive wait for a request head, without a Timeout per wait
         # gunicorn's default hooks: pre_request logs at debug level, post_request does nothing.
         pre, post = cfg.pre_request, cfg.post_request
@@ -646,7 +648,7 @@ class LeanGeventWorker(GeventWorker):
                 if type(respiter) is list and len(respiter) == 1:
                     write(respiter[0])
                 elif (upstream := self._pushable(respiter, sock)) is not None:
-                    Pump(sock, t.cast("Pushable", respiter), wire).run(*upstream)
+                    Pump(sock, t.cast("Pushable", respiter), wire, self._paced()).run(*upstream)
                 else:
                     for item in respiter:
                         write(item)
@@ -682,6 +684,11 @@ class LeanGeventWorker(GeventWorker):
             return None
         self._deadlines.arm(sock, self._keepalive)  # an unread body is drained for keep-alive seconds at most
         return body.finish()
+
+    def _paced(self) -> Pacer | None:
+        if self._pacer is None and self._relay_slice > 0:
+            self._pacer = Pacer(self._relay_slice)
+        return self._pacer
 
     @staticmethod
     def _pushable(respiter: Iterable[bytes], sock: socket.socket) -> tuple[socket.socket, float] | None:

@@ -417,6 +417,12 @@ def lean_untrusting(stack_m: Stack) -> Server:
     return serve(stack_m, "lean-untrusting", {"WSGIPROXY_FORWARDED_ALLOW_IPS": "10.0.0.1", "WSGIPROXY_KEEPALIVE": "1"})
 
 
+@pytest.fixture(scope="module", params=["0.1", "0"], ids=["paced-hard", "unpaced"])
+def lean_pacing(request: pytest.FixtureRequest, stack_m: Stack) -> Server:
+    """The lean worker pacing its relays after 0.1 ms of them per loop turn, or not at all."""
+    return serve(stack_m, f"lean-slice-{request.param}", {"WSGIPROXY_RELAY_SLICE_MS": request.param})
+
+
 @pytest.fixture(scope="module")
 def stock(stack_m: Stack) -> Server:
     return serve(stack_m, "stock", {"WSGIPROXY_WORKER_CLASS": "gevent"})
@@ -902,6 +908,22 @@ def test_a_silent_pushed_body_ends_when_its_timeout_expires(lean: Server) -> Non
         assert reply.body == pushed_event(0, 10) + pushed_event(1, 10) + b"expired\n"
         assert 0.25 <= took < 3
         assert_kept(wire, reply)
+
+
+@integration
+def test_many_pushed_bodies_at_once_are_each_relayed_whole(lean_pacing: Server) -> None:
+    wires = [Wire(lean_pacing, timeout=20) for _ in range(40)]
+    try:
+        for wire in wires:
+            wire.send(request("GET", "/pushed?n=40&gap=0.001&size=200"))
+        expected = b"".join(pushed_event(number, 200) for number in range(40))
+        for wire in wires:
+            reply = wire.response()
+            assert reply.status == 200 and reply.body == expected
+        assert wires[0].exchange(request("GET", "/after-many")).status == 200  # kept, and served on
+    finally:
+        for wire in wires:
+            wire.sock.close()
 
 
 @integration

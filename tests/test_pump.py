@@ -14,7 +14,7 @@ import gevent
 import pytest
 from gevent import socket as gsocket
 
-from servers.pump import Pump
+from servers.pump import DEFAULT_RELAY_SLICE_MS, RELAY_SLICE_ENV, Pacer, Pump, relay_slice
 from tests.fakes import PushedBody, pushed_event
 
 
@@ -182,3 +182,135 @@ def test_what_the_wire_raises_is_raised_by_run() -> None:
     assert upstream is not None
     with pytest.raises(RuntimeError, match="cannot frame"):
         Pump(relay.client, relay.body, broken_wire).run(*upstream)
+
+
+# --- the pacer: first bytes before later ones -------------------------------------------------
+
+
+def busy(seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+class Slow(PushedBody):
+    """A body whose every step that reads something costs ``cost`` seconds of CPU and is logged."""
+
+    log: t.ClassVar[list[str]]
+    cost: t.ClassVar[float]
+    on_first: t.ClassVar[t.Callable[[], None] | None]
+
+    def step(self) -> bytes:
+        data = super().step()
+        if data and not self.over:
+            Slow.log.append("relay")
+            if Slow.on_first is not None:
+                first, Slow.on_first = Slow.on_first, None
+                first()
+            busy(Slow.cost)
+        return data
+
+
+class Burst:
+    """``count`` paced relays whose upstreams all become readable in the same loop turn, and a
+    request (a greenlet waiting on a socket, as a connection waits for its next request)."""
+
+    def __init__(self, count: int, pacer: Pacer | None, cost: float = 0.002) -> None:
+        Slow.log, Slow.cost, Slow.on_first = [], cost, None
+        self.feeds = []
+        self.relays = []
+        self.runners = []
+        for _ in range(count):
+            ours, theirs = gsocket.socketpair()
+            client, peer = gsocket.socketpair()
+            body = Slow(ours, 10.0)
+            self.feeds.append(theirs)
+            self.relays.append((body, client, gevent.spawn(read_all, peer)))
+            self.runners.append(gevent.spawn(Pump(client, body, wire, pacer).run, ours, 10.0))
+        self.request, self.requester = gsocket.socketpair()
+        self.waiter = gevent.spawn(self._serve)
+        gevent.sleep(0.05)  # every relay watches its upstream now
+
+    def _serve(self) -> None:
+        self.request.recv(10)
+        Slow.log.append("request")
+
+    def send_all(self, event: bytes = b"event\n") -> None:
+        """The same event from every upstream, written without yielding to the loop."""
+        for sock in self.feeds:
+            sock.send(event)
+
+    def finish(self) -> list[bytes]:
+        for sock in self.feeds:
+            sock.close()
+        gevent.joinall(self.runners, timeout=10, raise_error=True)
+        received = []
+        for _, client, reader in self.relays:
+            client.close()
+            received.append(t.cast(bytes, reader.get(timeout=10)))
+        return received
+
+
+def test_a_request_in_a_busy_turn_is_served_before_the_relays_that_wait() -> None:
+    burst = Burst(8, Pacer(1.0))
+    burst.requester.send(b"GET")  # readable first: libev would call it last of the turn
+    burst.send_all()
+    burst.waiter.get(timeout=10)
+    gevent.sleep(0.1)
+    assert Slow.log.index("request") <= 1, Slow.log  # one relay ran before the turn was long
+    assert Slow.log.count("relay") == 8
+    assert [b"".join(unwire(got)) for got in burst.finish()] == [b"event\n"] * 8
+
+
+def test_without_a_pacer_a_request_waits_for_every_relay_of_the_turn() -> None:
+    burst = Burst(8, None)
+    burst.requester.send(b"GET")
+    burst.send_all()
+    burst.waiter.get(timeout=10)
+    assert Slow.log.index("request") == 8, Slow.log  # what the pacer is for
+    burst.finish()
+
+
+def test_relays_that_wait_run_a_slice_per_turn_then_the_next_requests_come_first() -> None:
+    burst = Burst(10, Pacer(0.005), cost=0.002)  # 20 ms of relays, 5 ms of them per turn
+    Slow.on_first = lambda: burst.requester.send(b"GET")  # a request comes while the turn runs
+    burst.send_all()
+    burst.waiter.get(timeout=10)
+    gevent.sleep(0.1)
+    assert 2 <= Slow.log.index("request") <= 6, Slow.log
+    assert Slow.log.count("relay") == 10
+    assert [b"".join(unwire(got)) for got in burst.finish()] == [b"event\n"] * 10
+
+
+def test_paced_relays_keep_their_order_and_lose_nothing() -> None:
+    burst = Burst(6, Pacer(0.003), cost=0.001)
+    for number in range(5):
+        burst.send_all(pushed_event(number, 100))
+        gevent.sleep(0.001)
+    got = burst.finish()
+    assert [b"".join(unwire(sent)) for sent in got] == [b"".join(pushed_event(n, 100) for n in range(5))] * 6
+
+
+def test_a_relay_that_ends_while_it_waits_is_skipped() -> None:
+    burst = Burst(5, Pacer(1.0))
+    doomed = burst.runners[3]
+    Slow.on_first = lambda: doomed.kill(block=False)
+    burst.send_all()
+    gevent.sleep(0.1)
+    assert Slow.log.count("relay") == 4
+    burst.runners.remove(doomed)
+    burst.relays[3][0].over = True  # its socket is still open; the others end with theirs
+    received = burst.finish()
+    assert [b"".join(unwire(got)) for index, got in enumerate(received) if index != 3] == [b"event\n"] * 4
+
+
+def test_relay_slice_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(RELAY_SLICE_ENV, raising=False)
+    assert relay_slice() == DEFAULT_RELAY_SLICE_MS / 1000
+    for value, seconds in (("0", 0.0), (" 2.5 ", 0.0025), ("1000", 1.0)):
+        monkeypatch.setenv(RELAY_SLICE_ENV, value)
+        assert relay_slice() == seconds
+    for bad in ("-1", "lots", "nan", "1001"):
+        monkeypatch.setenv(RELAY_SLICE_ENV, bad)
+        with pytest.raises(SystemExit, match=RELAY_SLICE_ENV):
+            relay_slice()
