@@ -43,7 +43,7 @@ import typing as t
 
 from gunicorn.glogging import Logger
 
-from wsgiproxy import process
+from wsgiproxy.turns import TurnBuffer
 
 Getter = t.Callable[[t.Any, t.Any, t.Any, t.Any], object]
 # (how, the handlers seen, for "direct": (handler, is a FileHandler, its formatter) each)
@@ -210,9 +210,7 @@ class FastAccessLogger(Logger):  # type: ignore[misc]  # gunicorn ships no type 
         self._format = ""
         self._sinks: Sinks | None = None
         self._clock: tuple[int, str] = (-1, "")
-        self._pending: list[str] = []
-        self._loop: t.Any = None  # this process's gevent loop, False without gevent
-        self._loop_pid = 0
+        self._turn = TurnBuffer(self._write_lines)
         super().setup(cfg)
 
     def reopen_files(self) -> None:
@@ -222,28 +220,15 @@ class FastAccessLogger(Logger):  # type: ignore[misc]  # gunicorn ships no type 
 
     def flush_access(self) -> None:
         """Write the access lines still waiting for the event loop to turn."""
-        lines, self._pending = self._pending, []
-        if not lines or self._loop_pid != process.pid():
-            return  # nothing, or lines a parent process left behind before a fork
+        self._turn.flush()
+
+    def _write_lines(self, lines: list[str]) -> None:
         mode, _, direct = self._fresh_sinks()
         if mode != _DIRECT:
             for line in lines:  # the handlers changed since: one record each, the slow way
                 self.access_log.info(line)
             return
         _write_direct(direct, lines)
-
-    def _event_loop(self) -> t.Any:
-        """This process's gevent loop in a gevent worker, else False."""
-        pid = process.pid()
-        if self._loop_pid != pid:
-            self._loop_pid = pid
-            self._pending = []
-            self._loop = False
-            if process.gevent_patched():
-                import gevent
-
-                self._loop = gevent.get_hub().loop
-        return self._loop
 
     def _fresh_sinks(self) -> Sinks:
         """Where lines go: the cached answer, worked out again when the access logger changed."""
@@ -375,14 +360,7 @@ class FastAccessLogger(Logger):  # type: ignore[misc]  # gunicorn ships no type 
                 self.flush_access()
                 super().access(resp, req, environ, request_time)
                 return
-        loop = self._loop if self._loop_pid == process.pid() else self._event_loop()
-        if loop:
-            pending = self._pending
-            pending.append(line)
-            if len(pending) == 1:
-                loop.run_callback(self.flush_access)
-            return
-        _write_direct(direct, [line])
+        self._turn.add(line)
 
 
 def _write_direct(direct: list[tuple[logging.Handler, bool, t.Any]], lines: list[str]) -> None:
