@@ -214,13 +214,19 @@ def tune_gc(threshold: int) -> None:
 
 def worker_exit(server: Arbiter, worker: Worker) -> None:
     """The worker is exiting (stop, reload, max_requests): write the metrics it summed in memory
-    and the access lines of its last turn of the event loop."""
+    and the usage and access lines of its last turn of the event loop."""
     from wsgiproxy.metrics import flush_pending
 
     try:
         flush_pending()
     except Exception as exc:
         worker.log.warning("wsgiproxy: writing the metrics of worker %s failed: %r", worker.pid, exc)
+    flush_logs = getattr(getattr(worker, "wsgi", None), "flush_logs", None)
+    if flush_logs is not None:
+        try:
+            flush_logs()
+        except Exception as exc:
+            worker.log.warning("wsgiproxy: writing the usage log of worker %s failed: %r", worker.pid, exc)
     flush_access = getattr(worker.log, "flush_access", None)
     if flush_access is not None:
         try:

@@ -294,6 +294,74 @@ def test_usage_file_is_reopened_after_logrotate_moved_it(tmp_path: Path) -> None
     assert json.loads(path.read_text())["request_id"] == "r1"
 
 
+_USAGE_UNDER_GEVENT = r'''
+from gevent import monkey
+monkey.patch_all()
+import json, os, sys
+import gevent
+from wsgiproxy.logs import UsageLog
+from wsgiproxy.record import RequestRecord
+
+path = sys.argv[1]
+writes = []
+real_write = os.write
+def counting_write(fd, data):
+    writes.append(fd)
+    return real_write(fd, data)
+os.write = counting_write
+usage = UsageLog(path)
+for rid in ("r1", "r2", "r3"):
+    record = RequestRecord(rid, endpoint="chat", status=200)
+    record.ended = record.started
+    usage.write(record)
+print("before the loop turns:", open(path).read() == "")
+gevent.sleep(0)
+print("after:", [json.loads(line)["request_id"] for line in open(path)], "writes:", len(writes))
+record = RequestRecord("r4", endpoint="chat", status=200)
+usage.write(record)
+usage.close()
+print("closed:", json.loads(open(path).read().splitlines()[-1])["request_id"])
+'''
+
+
+def test_under_gevent_the_usage_lines_of_one_loop_turn_go_out_in_one_write(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    path = tmp_path / "usage.log"
+    out = subprocess.run([sys.executable, "-c", _USAGE_UNDER_GEVENT, str(path)], capture_output=True, text=True,
+                         cwd=ROOT, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [
+        "before the loop turns: True",
+        "after: ['r1', 'r2', 'r3'] writes: 1",
+        "closed: r4",
+    ]
+
+
+def test_the_worker_exit_hook_writes_the_pending_usage_lines() -> None:
+    from servers import gunicorn_hooks
+
+    calls: list[object] = []
+
+    class Log:
+        def warning(self, *args: object) -> None:
+            calls.append(args)
+
+    class App:
+        def flush_logs(self) -> None:
+            calls.append("usage flushed")
+
+    class Worker:
+        log = Log()
+        pid = 1
+        wsgi = App()
+
+    gunicorn_hooks.worker_exit(None, Worker())
+    assert calls == ["usage flushed"]
+    assert hasattr(WsgiProxy, "flush_logs")
+
+
 # --------------------------------------------------------------------------------------------
 # Multiprocess mode under gevent: sums kept in memory, written once a second (a child interpreter:
 # this test process is neither gevent-patched nor in multiprocess mode).

@@ -91,6 +91,7 @@ steps.append(call('GET', '/v1/models'))
 steps.append(call('HEAD', '/'))
 steps.append(call('GET', '/nope'))
 steps.append(call('GET', '/v1/models/gpt-4o'))
+app.flush_logs()  # under gevent, usage lines wait for the loop to turn
 print(json.dumps(steps))
 """
 

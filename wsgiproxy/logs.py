@@ -20,6 +20,8 @@ import sys
 import time
 import typing as t
 
+from .turns import TurnBuffer
+
 if t.TYPE_CHECKING:
     from .record import RequestRecord
 
@@ -48,9 +50,10 @@ class UsageLog:
     """Where usage lines go: ``-`` (stdout), ``off``, or a file path.
 
     Not a logging handler: logging's record machinery cost about 40 us per line, one write
-    about 3 us, and this runs for every request. A file is opened with O_APPEND, so each line
-    is one whole write() even with many workers appending, and it is reopened when logrotate
-    has moved it (checked at most once a second).
+    about 3 us, and this runs for every request. Under gevent the lines of one turn of the event
+    loop go out in one write (:class:`wsgiproxy.turns.TurnBuffer`). A file is opened with
+    O_APPEND, so each write is of whole lines even with many workers appending, and it is
+    reopened when logrotate has moved it (checked at most once a second).
     """
 
     def __init__(self, destination: str) -> None:
@@ -59,6 +62,7 @@ class UsageLog:
         self._fd = -1
         self._identity = (0, 0)
         self._checked = 0.0
+        self._turn = TurnBuffer(self._write_lines)
         if self.enabled and destination != "-":
             self._open()
 
@@ -72,17 +76,31 @@ class UsageLog:
     def write(self, record: RequestRecord) -> None:
         if not self.enabled or record.endpoint in UNLOGGED_ENDPOINTS:
             return
-        line = usage_line(record, time.time()) + "\n"
-        if self._fd < 0:
-            out = sys.stdout
-            out.write(line)
-            out.flush()
-            return
-        now = record.ended or 0.0
-        if now - self._checked > 1.0:
-            self._checked = now
-            self._reopen_if_moved()
-        os.write(self._fd, line.encode())
+        if self._fd >= 0:
+            now = record.ended or 0.0
+            if now - self._checked > 1.0:
+                self._checked = now
+                self._reopen_if_moved()
+        self._turn.add(usage_line(record, time.time()))
+
+    def flush(self) -> None:
+        """Write the lines still waiting for the event loop to turn (gunicorn's ``worker_exit``)."""
+        self._turn.flush()
+
+    def _write_lines(self, lines: list[str]) -> None:
+        text = "\n".join(lines) + "\n"
+        try:
+            if self._fd < 0:
+                out = sys.stdout
+                out.write(text)
+                out.flush()
+                return
+            data = memoryview(text.encode())
+            while data:
+                data = data[os.write(self._fd, data):]
+        except (OSError, ValueError):  # ValueError: stdout closed
+            logging.getLogger("wsgiproxy").exception("writing %d usage lines to %s failed", len(lines),
+                                                     self.destination)
 
     def _reopen_if_moved(self) -> None:
         try:
@@ -94,6 +112,7 @@ class UsageLog:
             self._open()
 
     def close(self) -> None:
+        self.flush()
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1

@@ -141,6 +141,10 @@ class WsgiProxy:
             log.warning("no client keys configured (secret_authentication_tokens, WSGIPROXY_API_KEYS): "
                         "authentication is disabled, every client is accepted")
 
+    def flush_logs(self) -> None:
+        """Write the usage lines still waiting for the event loop to turn (a worker about to exit)."""
+        self.usage.flush()
+
     @property
     def state(self) -> _ProcessState:
         state = self._state
