@@ -364,21 +364,28 @@ def test_a_gevent_worker_writes_the_lines_of_one_loop_turn_at_once(tmp_path: Pat
     ]
 
 
-def test_the_worker_exit_hook_writes_the_pending_access_lines() -> None:
+def test_the_worker_exit_hook_writes_the_pending_usage_and_access_lines() -> None:
     from servers import gunicorn_hooks
+    from wsgiproxy.proxy import WsgiProxy
 
     calls: list[object] = []
 
     class Log:
         def flush_access(self) -> None:
-            calls.append("flushed")
+            calls.append("access flushed")
 
         def warning(self, *args: object) -> None:
             calls.append(args)
 
+    class App:  # what WsgiProxy.flush_logs is to the hook
+        def flush_logs(self) -> None:
+            calls.append("usage flushed")
+
     class Worker:
         log = Log()
         pid = 1
+        wsgi = App()
 
     gunicorn_hooks.worker_exit(None, Worker())
-    assert calls == ["flushed"]
+    assert calls == ["usage flushed", "access flushed"]
+    assert callable(WsgiProxy.flush_logs)

@@ -339,29 +339,6 @@ def test_under_gevent_the_usage_lines_of_one_loop_turn_go_out_in_one_write(tmp_p
     ]
 
 
-def test_the_worker_exit_hook_writes_the_pending_usage_lines() -> None:
-    from servers import gunicorn_hooks
-
-    calls: list[object] = []
-
-    class Log:
-        def warning(self, *args: object) -> None:
-            calls.append(args)
-
-    class App:
-        def flush_logs(self) -> None:
-            calls.append("usage flushed")
-
-    class Worker:
-        log = Log()
-        pid = 1
-        wsgi = App()
-
-    gunicorn_hooks.worker_exit(None, Worker())
-    assert calls == ["usage flushed"]
-    assert hasattr(WsgiProxy, "flush_logs")
-
-
 # --------------------------------------------------------------------------------------------
 # Multiprocess mode under gevent: sums kept in memory, written once a second (a child interpreter:
 # this test process is neither gevent-patched nor in multiprocess mode).
