@@ -195,6 +195,7 @@ def test_client_going_away_closes_the_upstream_response() -> None:
         (b'{"model": "gpt-4o", "messages": "hi"}', "'messages'"),
         (b'{"model": "gpt-4o", "messages": [{}], "stream": "yes"}', "'stream' must be a boolean"),
         (b'{"model": "\xff"}', "not UTF-8"),
+        (b'{"model": "gpt-4o", "messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nested too deeply"),
     ],
 )
 def test_bad_chat_requests_get_400(body: bytes, expected: str) -> None:
@@ -445,3 +446,24 @@ def test_a_body_the_server_cannot_read_is_a_400(error: Exception) -> None:
         with pytest.raises(ApiError) as refused:
             read_body(environ, 1000)
         assert refused.value.code == 400 and "request body could not be read" in refused.value.message
+
+
+DEEP = b"[" * 100_000 + b"]" * 100_000  # JSON the stdlib decoder cannot parse without recursing too deep
+
+
+CLAUDE_CHAT = {**CHAT, "model": "anthropic--claude-4.5-sonnet"}  # a Converse call
+CLAUDE_MESSAGES = {"model": "anthropic--claude-4.5-sonnet", "max_tokens": 5,
+                   "messages": [{"role": "user", "content": "x"}]}
+
+
+@pytest.mark.parametrize(("path", "body", "upstream_status", "status"), [
+    ("/v1/chat/completions", CLAUDE_CHAT, 200, 502),
+    ("/v1/messages", CLAUDE_MESSAGES, 200, 502),
+    ("/v1/chat/completions", CHAT, 500, 500),  # an upstream error, relayed with its status
+])
+def test_upstream_json_nested_too_deeply_is_an_upstream_error(path: str, body: dict[str, t.Any], upstream_status: int,
+                                                              status: int) -> None:
+    transport = FakeTransport([response(upstream_status, DEEP, {"content-type": "application/json"})])
+    resp = client(transport).post(path, json=body, headers=AUTH)
+    assert resp.status_code == status
+    assert "Internal error" not in resp.json["error"]["message"]

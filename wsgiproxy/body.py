@@ -86,6 +86,8 @@ def json_object(raw: bytes) -> dict[str, t.Any]:
     except json.JSONDecodeError as exc:
         where = f"line {exc.lineno} column {exc.colno}"
         raise bad_request(f"Request body is not valid JSON: {exc.msg} at {where}.") from None
+    except RecursionError:  # arrays or objects nested thousands deep: the decoder recurses per level
+        raise bad_request("Request body is nested too deeply to parse; expected a JSON object.") from None
     if not isinstance(value, dict):
         raise bad_request(f"Request body is a JSON {type(value).__name__}; expected a JSON object.")
     return value

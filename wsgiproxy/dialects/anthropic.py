@@ -257,7 +257,7 @@ def message_response(raw: bytes, model: str) -> dict[str, t.Any]:
     """
     try:
         message = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         message = None
     if not isinstance(message, dict):
         raise ApiError(502, "SAP AI Core answered with a body that is not a JSON message.", type="api_error")

@@ -288,7 +288,7 @@ def _exception_message(payload: bytes) -> str:
 def _json_object(data: bytes) -> dict[str, t.Any] | None:
     try:
         value = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     return value if isinstance(value, dict) else None
 

@@ -110,7 +110,7 @@ class ChatStream:
     def _take_usage(self, data: bytes) -> bool:
         try:
             usage = json.loads(data).get("usage")
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             return False
         if isinstance(usage, dict):
             self.usage = usage

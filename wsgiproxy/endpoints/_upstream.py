@@ -81,7 +81,7 @@ def _error_fields(raw: bytes) -> tuple[str, str | None, str | None]:
     text = raw.decode("utf-8", "replace").strip()
     try:
         payload = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return text[:2000] or "SAP AI Core returned an error without a message.", None, None
     if isinstance(payload, dict):
         error = payload.get("error")

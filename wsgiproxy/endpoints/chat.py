@@ -59,7 +59,7 @@ def _converse(call: Call, deployment: Deployment, body: dict[str, t.Any], model:
     if not stream:
         try:
             answer = json.loads(response.data)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise ApiError(502, "SAP AI Core answered the Converse call with a body that is not JSON.",
                            code="upstream_error") from None
         call.record.tokens(*converse.usage_counts(answer))
