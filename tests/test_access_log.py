@@ -40,6 +40,7 @@ FORMATS = [
     "%({remote_addr}e)s %({HTTP_HOST}e)s %({wsgi.version}e)s %({nothere}e)s %({bad})s %({)s %(Z)s %()s",
     "%(D)d %(D)10d|%(h)-15s|%(T)03d %(L).3s %(s)r %(b)5s %%literal 100%% %(B)s %(a)a %(D)x %(D).2f %(m)s%(m)s",
     "%({a(b)}i)s %({x-dup}o)s %({x-dup}i)s",
+    "%({x\\'\"y}i)s %({'}o)s %({\\n}e)s %({__import__('os')}i)s",  # keys are data in the compiled line, never code
     "plain text, no atoms",
     "",
 ]

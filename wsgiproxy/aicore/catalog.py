@@ -8,6 +8,7 @@ deployment URLs, as the original proxy did (failover comes later).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import typing as t
 from dataclasses import dataclass
@@ -39,15 +40,16 @@ class Deployment:
     url: str
     subaccount: SubAccount
 
-    @property
+    # Read on every request (routing, metrics, the usage line): worked out once per deployment.
+    @functools.cached_property
     def family(self) -> str:
         return naming.family(self.model)
 
-    @property
+    @functools.cached_property
     def is_claude(self) -> bool:
         return naming.is_claude(self.model)
 
-    @property
+    @functools.cached_property
     def id(self) -> str:
         return self.url.rstrip("/").rsplit("/", 1)[-1]
 
