@@ -60,6 +60,13 @@ _REASONS = {400: "Bad Request", 413: "Content Too Large", 414: "URI Too Long", 4
 _RECV = 65536
 _DRAIN_LIMIT = 1 << 20  # unread request body bytes discarded to keep a connection; more closes it
 _MAX_TRAILERS = 8192
+_CACHED_LINES = 256  # distinct request lines parsed once per worker (more: the cache starts over)
+# Header fields the parser acts on, by environ key ("": a name with an underscore, dropped).
+_DROPPED, _LENGTH, _TRANSFER_ENCODING, _CONNECTION, _EXPECT = 1, 2, 3, 4, 5
+_SPECIAL_HEADERS = {"": _DROPPED, "CONTENT_LENGTH": _LENGTH, "HTTP_TRANSFER_ENCODING": _TRANSFER_ENCODING,
+                    "HTTP_CONNECTION": _CONNECTION, "HTTP_EXPECT": _EXPECT}
+# method, RAW_URI, path, query, fragment, PATH_INFO, HTTP/1.1
+_RequestLine = tuple[str, str, str, str, str, str, bool]
 
 
 class BadRequest(ValueError):
@@ -318,6 +325,11 @@ class LeanGeventWorker(GeventWorker):
     """gunicorn's gevent worker with the lean HTTP/1.1 connection loop of this module."""
 
     def init_process(self) -> None:
+        self._configure()
+        super().init_process()
+
+    def _configure(self) -> None:
+        """What the connection loop reads from the settings, once per worker process."""
         cfg = self.cfg
         self._keepalive = cfg.keepalive or None
         self._limit_line = cfg.limit_request_line or sys.maxsize
@@ -345,7 +357,8 @@ class LeanGeventWorker(GeventWorker):
             "SERVER_SOFTWARE": "gunicorn",
             "SCRIPT_NAME": self._script_name,
         }
-        self._env_keys: dict[bytes, str] = {}
+        self._env_keys: dict[bytes, tuple[str, int]] = {}
+        self._request_lines: dict[bytes, _RequestLine] = {}
         self._date = _DateHeader()
         self._relay_slice = relay_slice()
         self._pacer: Pacer | None = None  # made on the first pushed body, on this process's loop
@@ -355,7 +368,6 @@ class LeanGeventWorker(GeventWorker):
         quiet = not self.log.error_log.isEnabledFor(logging.DEBUG)
         self._pre_request = None if pre is cfg.settings["pre_request"].default and quiet else pre
         self._post_hook = None if post is cfg.settings["post_request"].default else post
-        super().init_process()
 
     def handle(self, listener: socket.socket, client: socket.socket, addr: t.Any) -> None:
         client.setblocking(True)
@@ -458,24 +470,10 @@ class LeanGeventWorker(GeventWorker):
                trusted: bool) -> tuple[dict[str, t.Any], Request, _Input, bool]:
         line_end = head.find(b"\r\n")
         request_line = head[:line_end]
-        if len(request_line) > self._limit_line:
-            raise BadRequest(414, "Request line is too long")
-        parts = request_line.split(b" ")
-        if len(parts) != 3:
-            raise BadRequest(400, "Invalid request line")
-        method, target, version = parts
-        if version == b"HTTP/1.1":
-            http11 = True
-        elif version == b"HTTP/1.0":
-            http11 = False
-        elif version[:5] == b"HTTP/" and version[5:6].isdigit():
-            raise BadRequest(505, "Only HTTP/1.0 and HTTP/1.1 are served")
-        else:
-            raise BadRequest(400, "Invalid HTTP version")
-        if _METHOD.fullmatch(method) is None:
-            raise BadRequest(400, "Invalid request method")
-        if _TARGET.fullmatch(target) is None:
-            raise BadRequest(400, "Invalid request target")
+        parsed = self._request_lines.get(request_line)
+        if parsed is None:
+            parsed = self._request_line(request_line)
+        method_str, uri, path, query, fragment, path_info, http11 = parsed
 
         block = head[line_end + 2:]
         if _HEADER_BLOCK.fullmatch(block) is None:
@@ -493,60 +491,44 @@ class LeanGeventWorker(GeventWorker):
         expect_continue = False
         limit_size = self._limit_field_size
         for name, raw in pairs:
-            value = raw.strip(b" \t").decode("latin-1")
             if len(name) + len(raw) > limit_size:
                 raise BadRequest(431, "Header field too large")
-            key = env_keys.get(name)
-            if key is None:
-                key = self._env_key(name)
-            if key == "CONTENT_LENGTH":
-                if seen_length or not value.isdigit() or not value.isascii() or len(value) > 18:
-                    raise BadRequest(400, "Invalid Content-Length")
-                seen_length = True
-                length = int(value)
-            elif key == "HTTP_TRANSFER_ENCODING":
-                if value.lower() != "chunked" or chunked or not http11:
-                    raise BadRequest(501 if value.lower() not in ("chunked", "") else 400,
-                                     "Only a single 'chunked' transfer coding is served")
-                chunked = True
-            elif key == "HTTP_CONNECTION":
-                tokens = value.lower()
-                if "close" in tokens:
-                    keep_alive = False
-                elif "keep-alive" in tokens:
-                    keep_alive = True
-            elif key == "HTTP_EXPECT":
-                if value.lower() != "100-continue":
-                    raise BadRequest(417, "Only 'Expect: 100-continue' is served")
-                expect_continue = http11
-            elif not key:
-                continue  # a name with an underscore: dropped (it could pose as a dashed one)
-            if key in environ and key.startswith("HTTP_"):
+            known = env_keys.get(name)
+            key, kind = known if known is not None else self._env_key(name)
+            value = raw.strip(b" \t").decode("latin-1")
+            if kind:
+                if kind == _DROPPED:
+                    continue  # a name with an underscore: dropped (it could pose as a dashed one)
+                if kind == _LENGTH:
+                    if seen_length or not value.isdigit() or not value.isascii() or len(value) > 18:
+                        raise BadRequest(400, "Invalid Content-Length")
+                    seen_length = True
+                    length = int(value)
+                elif kind == _TRANSFER_ENCODING:
+                    if value.lower() != "chunked" or chunked or not http11:
+                        raise BadRequest(501 if value.lower() not in ("chunked", "") else 400,
+                                         "Only a single 'chunked' transfer coding is served")
+                    chunked = True
+                elif kind == _CONNECTION:
+                    tokens = value.lower()
+                    if "close" in tokens:
+                        keep_alive = False
+                    elif "keep-alive" in tokens:
+                        keep_alive = True
+                elif kind == _EXPECT:
+                    if value.lower() != "100-continue":
+                        raise BadRequest(417, "Only 'Expect: 100-continue' is served")
+                    expect_continue = http11
+            if key in environ and key[:5] == "HTTP_":
                 environ[key] += "," + value
             else:
                 environ[key] = value
         if chunked and seen_length:
             raise BadRequest(400, "Both Transfer-Encoding and Content-Length")
 
-        uri = target.decode("latin-1")
-        if target[:1] == b"/":
-            path, _, query = uri.partition("?")
-            path, _, fragment = path.partition("#") if "#" in path else (path, "", "")
-            if "#" in query:
-                query, _, fragment = query.partition("#")
-        elif target == b"*":
-            path, query, fragment = "*", "", ""
-        elif b"://" in target:
-            split = urlsplit(uri)
-            path, query, fragment = split.path or "/", split.query, split.fragment
-        else:
-            raise BadRequest(400, "Invalid request target")
-        path_info = path
-        if self._script_name and path_info.startswith(self._script_name):
-            path_info = path_info[len(self._script_name):]
-        environ["REQUEST_METHOD"] = method_str = method.decode("ascii")
+        environ["REQUEST_METHOD"] = method_str
         environ["RAW_URI"] = uri
-        environ["PATH_INFO"] = unquote_to_bytes(path_info).decode("latin-1") if "%" in path_info else path_info
+        environ["PATH_INFO"] = path_info
         environ["QUERY_STRING"] = query
         environ["SERVER_PROTOCOL"] = "HTTP/1.1" if http11 else "HTTP/1.0"
         url_scheme = scheme
@@ -574,8 +556,52 @@ class LeanGeventWorker(GeventWorker):
         request = Request(method_str, uri, path, query, fragment, (1, 1) if http11 else (1, 0), pairs)
         return environ, request, body, keep_alive
 
-    def _env_key(self, name: bytes) -> str:
-        """The environ key of a header name (cached; ``""`` for a name with an underscore)."""
+    def _request_line(self, request_line: bytes) -> _RequestLine:
+        """The method, target and version of a request line, checked (cached: clients repeat theirs)."""
+        if len(request_line) > self._limit_line:
+            raise BadRequest(414, "Request line is too long")
+        parts = request_line.split(b" ")
+        if len(parts) != 3:
+            raise BadRequest(400, "Invalid request line")
+        method, target, version = parts
+        if version == b"HTTP/1.1":
+            http11 = True
+        elif version == b"HTTP/1.0":
+            http11 = False
+        elif version[:5] == b"HTTP/" and version[5:6].isdigit():
+            raise BadRequest(505, "Only HTTP/1.0 and HTTP/1.1 are served")
+        else:
+            raise BadRequest(400, "Invalid HTTP version")
+        if _METHOD.fullmatch(method) is None:
+            raise BadRequest(400, "Invalid request method")
+        if _TARGET.fullmatch(target) is None:
+            raise BadRequest(400, "Invalid request target")
+        uri = target.decode("latin-1")
+        if target[:1] == b"/":
+            path, _, query = uri.partition("?")
+            path, _, fragment = path.partition("#") if "#" in path else (path, "", "")
+            if "#" in query:
+                query, _, fragment = query.partition("#")
+        elif target == b"*":
+            path, query, fragment = "*", "", ""
+        elif b"://" in target:
+            split = urlsplit(uri)
+            path, query, fragment = split.path or "/", split.query, split.fragment
+        else:
+            raise BadRequest(400, "Invalid request target")
+        path_info = path
+        if self._script_name and path_info.startswith(self._script_name):
+            path_info = path_info[len(self._script_name):]
+        if "%" in path_info:
+            path_info = unquote_to_bytes(path_info).decode("latin-1")
+        parsed = (method.decode("ascii"), uri, path, query, fragment, path_info, http11)
+        if len(self._request_lines) >= _CACHED_LINES:
+            self._request_lines.clear()  # many distinct targets: keep the recent ones
+        self._request_lines[request_line] = parsed
+        return parsed
+
+    def _env_key(self, name: bytes) -> tuple[str, int]:
+        """The environ key of a header name and what the parser does with it (cached)."""
         upper = name.decode("ascii").upper()
         if "_" in upper:
             key = ""
@@ -583,9 +609,10 @@ class LeanGeventWorker(GeventWorker):
             key = upper.replace("-", "_")
         else:
             key = "HTTP_" + upper.replace("-", "_")
+        known = (key, _SPECIAL_HEADERS.get(key, 0))
         if len(self._env_keys) < 1024:
-            self._env_keys[name] = key
-        return key
+            self._env_keys[name] = known
+        return known
 
     # --- the response ---------------------------------------------------------------------------
 

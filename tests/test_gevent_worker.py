@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import re
 import socket
 import subprocess
@@ -21,16 +22,73 @@ from pathlib import Path
 
 import pytest
 from _stack import GUNICORN_CONF, ROOT, TLS, Server, Stack, base_env, free_port, make_tls, spawn, tool, wait_ready
+from gunicorn.config import Config
+from gunicorn.glogging import Logger
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from servers.gevent_worker import _DRAIN_LIMIT, _MAX_TRAILERS, BadRequest, _ClientGone, _Input
+from servers.gevent_worker import _DRAIN_LIMIT, _MAX_TRAILERS, BadRequest, LeanGeventWorker, _ClientGone, _Input
 from tests.fakes import STREAM_CHUNKS, pushed_event
 
 integration = pytest.mark.integration
 
 NEXT = b"GET /next HTTP/1.1\r\nHost: test\r\n\r\n"  # the pipelined request after a body
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+# --------------------------------------------------------------------------------------------
+# the request head parser, in process
+
+
+@pytest.fixture
+def parser() -> t.Iterator[LeanGeventWorker]:
+    cfg = Config()
+    worker = LeanGeventWorker(0, os.getpid(), [], None, 30, cfg, Logger(cfg))
+    worker._configure()
+    yield worker
+    worker.tmp.close()
+
+
+def parse(worker: LeanGeventWorker, line: bytes, *headers: bytes) -> dict[str, t.Any]:
+    head = line + b"\r\n" + b"".join(header + b"\r\n" for header in headers)
+    return worker._parse(head, b"", {}, None, "http", True)[0]  # type: ignore[arg-type]
+
+
+def test_a_repeated_request_line_is_parsed_once_and_the_cache_is_bounded(parser: LeanGeventWorker) -> None:
+    first = parse(parser, b"POST /v1/a%20b?x=1#f HTTP/1.1", b"Host: h")
+    again = parse(parser, b"POST /v1/a%20b?x=1#f HTTP/1.1", b"Host: h")
+    assert first["PATH_INFO"] == again["PATH_INFO"] == "/v1/a b" and again["QUERY_STRING"] == "x=1"
+    assert first["RAW_URI"] == "/v1/a%20b?x=1#f" and again["REQUEST_METHOD"] == "POST"
+    assert len(parser._request_lines) == 1
+    for number in range(600):
+        environ = parse(parser, b"GET /n/%d HTTP/1.0" % number)
+        assert environ["PATH_INFO"] == f"/n/{number}" and environ["SERVER_PROTOCOL"] == "HTTP/1.0"
+        assert len(parser._request_lines) <= 256
+
+
+@pytest.mark.parametrize(("line", "status"), [
+    (b"GET / HTTP/2.0", 505), (b"GET /  HTTP/1.1", 400), (b"get / HTTP/1.1", 400), (b"GET x HTTP/1.1", 400),
+    (b"GET /" + b"a" * 5000 + b" HTTP/1.1", 414)])
+def test_a_bad_request_line_is_refused_every_time_it_comes(parser: LeanGeventWorker, line: bytes,
+                                                           status: int) -> None:
+    parse(parser, b"GET / HTTP/1.1")
+    for _ in range(2):
+        with pytest.raises(BadRequest) as refused:
+            parse(parser, line)
+        assert refused.value.status == status
+    assert list(parser._request_lines) == [b"GET / HTTP/1.1"]
+
+
+def test_headers_the_parser_acts_on_keep_their_meaning_when_cached(parser: LeanGeventWorker) -> None:
+    for _ in range(2):
+        environ = parse(parser, b"GET / HTTP/1.1", b"Connection: close", b"X_Dropped: 1", b"X-A: 1", b"x-a: 2",
+                        b"Content-Length: 4", b"Content-Type: text/plain")
+        assert "HTTP_X_DROPPED" not in environ and environ["HTTP_X_A"] == "1,2"
+        assert environ["CONTENT_LENGTH"] == "4" and environ["CONTENT_TYPE"] == "text/plain"
+        with pytest.raises(BadRequest):
+            parse(parser, b"GET / HTTP/1.1", b"Content-Length: 4", b"Content-Length: 4")
+        with pytest.raises(BadRequest):
+            parse(parser, b"GET / HTTP/1.1", b"Expect: nothing")
 
 
 # --------------------------------------------------------------------------------------------
