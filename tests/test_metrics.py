@@ -14,15 +14,20 @@ import typing as t
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from werkzeug.test import Client
 
 from tests.fakes import FakeTransport, PushableResponse, response, stream_response
 from tests.test_proxy import AUTH, CHAT, COMPLETION, KEY, STREAM, settings
+from wsgiproxy.aicore.catalog import Deployment
+from wsgiproxy.config import Credentials, SubAccount
 from wsgiproxy.endpoints._upstream import usage_tokens
 from wsgiproxy.errors import UpstreamUnreachable
-from wsgiproxy.logs import RequestIdFilter, UsageLog
+from wsgiproxy.logs import RequestIdFilter, UsageLog, usage_line
 from wsgiproxy.metrics import BUCKETS, Metrics, status_label
 from wsgiproxy.proxy import WsgiProxy, create_app
+from wsgiproxy.record import RequestRecord
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -447,3 +452,26 @@ def test_multiprocess_sums_are_written_by_the_flusher_without_a_scrape() -> None
     assert not any(_samples(out["before"], "wsgiproxy_requests_total{").values())
     assert _samples(out["after_wait"], "wsgiproxy_requests_total{") == {
         'wsgiproxy_requests_total{endpoint="chat",model="gpt-4o",status="200"}': 11.0}
+
+
+@given(model=st.one_of(st.none(), st.text()), subaccount=st.text(min_size=1), deployment=st.text(min_size=1),
+       duration=st.floats(min_value=0, max_value=1e7), ttfb=st.one_of(st.none(), st.floats(min_value=0, max_value=1)),
+       tokens=st.tuples(st.one_of(st.none(), st.integers(0, 10**9)), st.one_of(st.none(), st.integers(0, 10**9))),
+       request_id=st.from_regex(r"[A-Za-z0-9._:-]{1,128}", fullmatch=True))
+def test_the_usage_line_is_the_json_of_the_record(model: str | None, subaccount: str, deployment: str, duration: float,
+                                                  ttfb: float | None, tokens: tuple[int | None, int | None],
+                                                  request_id: str) -> None:
+    record = RequestRecord(request_id, endpoint="chat.completions", key_id="k0", model=model, status=200,
+                           started=1000.0, ended=1000.0 + duration, prompt_tokens=tokens[0],
+                           completion_tokens=tokens[1], first_byte=None if ttfb is None else 1000.0 + ttfb)
+    sub = SubAccount(subaccount, Credentials("c", "s", "https://a/oauth/token", "https://api"), "rg", {})
+    record.deployment = Deployment("m", f"https://api/v2/inference/deployments/{deployment}", sub)
+    line = usage_line(record, 1_700_000_000.5)
+    parsed = json.loads(line)
+    assert parsed == {
+        "time": parsed["time"], "request_id": request_id, "key_id": "k0", "endpoint": "chat.completions",
+        "model": model, "subaccount": subaccount, "deployment": record.deployment.id, "status": 200,
+        "streamed": False, "prompt_tokens": tokens[0], "completion_tokens": tokens[1],
+        "duration_ms": round(duration * 1000, 1), "ttfb_ms": None if ttfb is None else round(ttfb * 1000, 1),
+        "disconnected": False}
+    assert line.isascii() and "\n" not in line
