@@ -15,6 +15,7 @@ if t.TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
 
 _BLOCK = 65536
+_decode = json.JSONDecoder().decode  # what json.loads uses once it has the text
 
 
 def too_large(limit: int) -> ApiError:
@@ -80,7 +81,7 @@ def json_object(raw: bytes) -> dict[str, t.Any]:
     if not raw.strip():
         raise bad_request("Request body is empty; expected a JSON object.")
     try:
-        value = json.loads(raw)
+        value = _loads(raw)
     except UnicodeDecodeError:
         raise bad_request("Request body is not UTF-8 text; expected a JSON object.") from None
     except json.JSONDecodeError as exc:
@@ -91,6 +92,13 @@ def json_object(raw: bytes) -> dict[str, t.Any]:
     if not isinstance(value, dict):
         raise bad_request(f"Request body is a JSON {type(value).__name__}; expected a JSON object.")
     return value
+
+
+def _loads(raw: bytes) -> object:
+    """``json.loads(raw)``: an object's first two bytes already say UTF-8 by its encoding rules."""
+    if raw[:1] == b"{" and raw[1:2] != b"\x00":  # not a BOM, not UTF-16 or UTF-32
+        return _decode(raw.decode("utf-8", "surrogatepass"))
+    return json.loads(raw)
 
 
 def require_model(body: t.Mapping[str, t.Any]) -> str:
