@@ -255,6 +255,11 @@ class _Input:
         self._buf = b""
 
     def read(self, size: int | None = -1) -> bytes:
+        remaining = self._remaining
+        if remaining and len(self._buf) == remaining and (size is None or size < 0 or size >= remaining) and not (
+                self._pending or self._chunked):  # the usual case: the whole body came with the head
+            data, self._buf, self._remaining, self._done = self._buf, b"", 0, True
+            return data
         if size is None or size < 0:
             parts = []
             while piece := self._next_piece(_RECV):
