@@ -5,6 +5,7 @@ The gevent cases run in a child interpreter (this test process is not monkey-pat
 
 from __future__ import annotations
 
+import errno
 import json
 import socket
 import subprocess
@@ -78,6 +79,40 @@ _GEVENT_SCRIPT = textwrap.dedent("""
         out["wait_deadline"] = "timed out"
     deadlines.disarm(a)
 
+    # a second greenlet waiting on the same socket is refused, as gevent's own waits refuse it;
+    # the first waiter is still woken by data
+    first = gevent.spawn(wait_readable, a)
+    gevent.sleep(0.01)
+    try:
+        wait_readable(a)
+        out["second_waiter"] = "allowed"
+    except Exception as exc:
+        out["second_waiter"] = type(exc).__name__
+    b.sendall(b"z")
+    first.join(1)
+    out["first_waiter"] = [first.successful(), a.recv(10).decode()]
+
+    # the socket closed by another greenlet while one waits on it: the waiter gets an error
+    c, d = socket.socketpair()
+    gevent.spawn_later(0.05, c.close)
+    try:
+        wait_readable(c)
+        out["closed_under_waiter"] = "returned"
+    except OSError as exc:  # gevent's cancel_wait_ex: EBADF, "closed in another greenlet"
+        out["closed_under_waiter"] = exc.errno
+    d.close()
+
+    # a socket with its own timeout waits with gevent's Timeout, as before
+    e, f = socket.socketpair()
+    e.settimeout(0.1)
+    try:
+        wait_readable(e)
+        out["socket_timeout"] = "no"
+    except TimeoutError:
+        out["socket_timeout"] = "timed out"
+    e.close()
+    f.close()
+
     # a deadline that passes while nobody waits is applied to the next wait, then dropped
     deadlines.arm(a, 0.1)
     time.sleep(0.35)  # gevent's sleep: the sweeper runs meanwhile, finds nobody waiting, keeps the entry
@@ -116,6 +151,9 @@ def test_gevent_waits_end_at_their_deadline() -> None:
     assert out["disarmed"] == "waited"
     assert out["waited_for_data"][1] == "y" and 0.05 <= out["waited_for_data"][0] <= 0.5
     assert out["wait_deadline"] == "timed out"
+    assert out["second_waiter"] == "ConcurrentObjectUseError" and out["first_waiter"] == [True, "z"]
+    assert out["closed_under_waiter"] == errno.EBADF
+    assert out["socket_timeout"] == "timed out"
     assert out["late_wait"] <= tick + 0.3  # the overdue deadline ends the next wait at the next sweep
     assert out["left"] == 0
     message, elapsed = out["upstream"]

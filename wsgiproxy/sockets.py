@@ -16,11 +16,14 @@ head, request or stream event.
 :func:`wait_readable`: gevent's ``recv`` first tries the system call and, when it fails with
 EAGAIN, raises and catches that error before it waits. For a read that cannot have an answer
 yet (the response right after a request was sent, a client's next request right after its
-response) waiting first saves both.
+response) waiting first saves both. The wait itself starts the socket's read watcher with the
+greenlet's own ``switch`` as its callback, without the ``Waiter`` object gevent makes per wait;
+``Hub.cancel_wait`` (a deadline, the socket closed by another greenlet) still throws into it.
 """
 
 from __future__ import annotations
 
+import functools
 import socket
 import ssl
 import time
@@ -104,6 +107,13 @@ def send_all(sock: socket.socket, data: bytes) -> None:
         sock.sendall(memoryview(data)[sent:])
 
 
+@functools.cache
+def _getcurrent() -> t.Callable[[], t.Any]:
+    from gevent import getcurrent  # imported once a gevent socket waits
+
+    return t.cast("t.Callable[[], t.Any]", getcurrent)
+
+
 def wait_readable(sock: socket.socket) -> None:
     """Under gevent, wait until ``sock`` has bytes or EOF (a no-op for a plain blocking socket)."""
     event = getattr(sock, "_read_event", None)
@@ -113,4 +123,11 @@ def wait_readable(sock: socket.socket) -> None:
     # getattr of a missing attribute would go through gevent socket's __getattr__ and an exception.)
     if isinstance(sock, ssl.SSLSocket) and sock.pending():
         return
-    sock._wait(event)  # type: ignore[attr-defined]  # gevent's own wait, as its recv() does
+    if event.callback is not None or sock.gettimeout() is not None:
+        sock._wait(event)  # type: ignore[attr-defined]  # gevent's: its timeout, or its error for a second waiter
+        return
+    event.start(_getcurrent()().switch)
+    try:
+        sock.hub.switch()  # type: ignore[attr-defined]
+    finally:
+        event.stop()
