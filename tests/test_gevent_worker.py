@@ -91,6 +91,30 @@ def test_headers_the_parser_acts_on_keep_their_meaning_when_cached(parser: LeanG
             parse(parser, b"GET / HTTP/1.1", b"Expect: nothing")
 
 
+HEADER_PIECES = [b"Host: h\r\n", b"Content-Length: 4\r\n", b"Content-Length: x\r\n", b"Transfer-Encoding: gzip\r\n",
+                 b"Expect: later\r\n", b"X-A:\tb c\r\n", b"X_B: 1\r\n", b"Bad Name: 1\r\n", b" folded\r\n",
+                 b"no colon\r\n", b"X: a\rb\r\n", b"X: a\nb\r\n", b"X: 1\n", b":\r\n", b"\r\n", b"X-\x00: 1\r\n",
+                 b"X: \x7f\r\n", b"X: \xff\r\n", b"Y:", b"\r", b"\n", b"Z: 1\r\n"]
+
+
+@settings(max_examples=400, deadline=None)
+@given(pieces=st.lists(st.sampled_from(HEADER_PIECES), max_size=6))
+def test_a_header_block_is_refused_as_malformed_exactly_when_it_is_not_only_header_lines(pieces: list[bytes]) -> None:
+    cfg = Config()
+    worker = LeanGeventWorker(0, os.getpid(), [], None, 30, cfg, Logger(cfg))
+    worker._configure()
+    block = b"".join(pieces)
+    try:
+        worker._parse(b"GET / HTTP/1.1\r\n" + block, b"", {}, None, "http", True)  # type: ignore[arg-type]
+        outcome = None
+    except BadRequest as refused:
+        outcome = (refused.status, refused.reason)
+    finally:
+        worker.tmp.close()
+    well_formed = re.fullmatch(rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*\r\n)*", block) is not None
+    assert (outcome == (400, "Invalid header line")) == (not well_formed), (block, outcome)
+
+
 # --------------------------------------------------------------------------------------------
 # _Input with a fake socket
 
