@@ -422,8 +422,8 @@ class LeanGeventWorker(GeventWorker):
         base["gunicorn.socket"] = sock
         buf = b""
         deadlines = self._deadlines
+        deadlines.arm(sock, self._keepalive)  # later: armed by _respond, for the drain and the next head
         while True:
-            deadlines.arm(sock, self._keepalive)
             try:
                 head, buf = self._read_head(sock, buf)
             except (TimeoutError, _ClientGone):
@@ -727,7 +727,8 @@ class LeanGeventWorker(GeventWorker):
         self._post_request(request, environ, resp)
         if resp.must_close:
             return None
-        self._deadlines.arm(sock, self._keepalive)  # an unread body is drained for keep-alive seconds at most
+        # An unread body is drained, and the next request head awaited, for keep-alive seconds at most.
+        self._deadlines.arm(sock, self._keepalive)
         return body.finish()
 
     def _paced(self) -> Pacer | None:
