@@ -5,7 +5,7 @@ response objects as the whole proxy spends on a request (``make bench``: the ``f
 This worker keeps everything gunicorn's master and ``GeventWorker`` do: the accept loop and its
 connection pool, the heartbeat, signals, graceful stop and reload, ``max_requests``, the
 ``pre_request``/``post_request`` hooks and the access log. It replaces only the per-connection
-loop: read a request head with one ``recv``, parse it with one regular-expression scan, build
+loop: read a request head with one ``recv``, parse it with two regular-expression scans, build
 the environ, and send a response head and body with one ``send``.
 
 It speaks HTTP/1.0 and HTTP/1.1 (keep-alive, pipelining, ``Content-Length`` and chunked request
@@ -79,13 +79,6 @@ class BadRequest(ValueError):
         super().__init__(reason)
         self.status = status
         self.reason = reason
-
-
-def _refusal(block: bytes, status: int, reason: str) -> BadRequest:
-    """The refusal of a request whose header block may not even be well formed: that comes first."""
-    if _HEADER_BLOCK.fullmatch(block) is None:
-        return BadRequest(400, "Invalid header line")
-    return BadRequest(status, reason)
 
 
 class _ClientGone(ConnectionResetError):
@@ -487,13 +480,12 @@ class LeanGeventWorker(GeventWorker):
             parsed = self._request_line(request_line)
         method_str, uri, path, query, fragment, path_info, http11 = parsed
 
-        # The header lines, checked in the same scan: non-overlapping matches whose lengths add up
-        # to the block's cover all of it, so it is nothing but header lines. A refusal found before
-        # that check still answers a malformed block as malformed.
         block = head[line_end + 2:]
+        if _HEADER_BLOCK.fullmatch(block) is None:
+            raise BadRequest(400, "Invalid header line")
         pairs = _HEADER_PAIRS.findall(block)
         if len(pairs) > self._limit_fields:
-            raise _refusal(block, 431, "Too many header fields")
+            raise BadRequest(431, "Too many header fields")
 
         environ = base.copy()
         env_keys = self._env_keys
@@ -503,12 +495,9 @@ class LeanGeventWorker(GeventWorker):
         keep_alive = http11
         expect_continue = False
         limit_size = self._limit_field_size
-        covered = 3 * len(pairs)  # each line's colon and CRLF
         for name, raw in pairs:
-            size = len(name) + len(raw)
-            if size > limit_size:
-                raise _refusal(block, 431, "Header field too large")
-            covered += size
+            if len(name) + len(raw) > limit_size:
+                raise BadRequest(431, "Header field too large")
             known = env_keys.get(name)
             key, kind = known if known is not None else self._env_key(name)
             value = raw.strip(b" \t").decode("latin-1")
@@ -517,13 +506,13 @@ class LeanGeventWorker(GeventWorker):
                     continue  # a name with an underscore: dropped (it could pose as a dashed one)
                 if kind == _LENGTH:
                     if seen_length or not value.isdigit() or not value.isascii() or len(value) > 18:
-                        raise _refusal(block, 400, "Invalid Content-Length")
+                        raise BadRequest(400, "Invalid Content-Length")
                     seen_length = True
                     length = int(value)
                 elif kind == _TRANSFER_ENCODING:
                     if value.lower() != "chunked" or chunked or not http11:
-                        raise _refusal(block, 501 if value.lower() not in ("chunked", "") else 400,
-                                       "Only a single 'chunked' transfer coding is served")
+                        raise BadRequest(501 if value.lower() not in ("chunked", "") else 400,
+                                         "Only a single 'chunked' transfer coding is served")
                     chunked = True
                 elif kind == _CONNECTION:
                     tokens = value.lower()
@@ -533,14 +522,12 @@ class LeanGeventWorker(GeventWorker):
                         keep_alive = True
                 elif kind == _EXPECT:
                     if value.lower() != "100-continue":
-                        raise _refusal(block, 417, "Only 'Expect: 100-continue' is served")
+                        raise BadRequest(417, "Only 'Expect: 100-continue' is served")
                     expect_continue = http11
             if key in environ and key[:5] == "HTTP_":
                 environ[key] += "," + value
             else:
                 environ[key] = value
-        if covered != len(block):
-            raise BadRequest(400, "Invalid header line")
         if chunked and seen_length:
             raise BadRequest(400, "Both Transfer-Encoding and Content-Length")
 

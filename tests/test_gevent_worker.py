@@ -15,6 +15,7 @@ import os
 import re
 import socket
 import subprocess
+import sys
 import time
 import typing as t
 from dataclasses import dataclass, field
@@ -113,6 +114,18 @@ def test_a_header_block_is_refused_as_malformed_exactly_when_it_is_not_only_head
         worker.tmp.close()
     well_formed = re.fullmatch(rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*\r\n)*", block) is not None
     assert (outcome == (400, "Invalid header line")) == (not well_formed), (block, outcome)
+
+
+@pytest.mark.parametrize("line", [b"a" * 60_000 + b"\r\n", b"X: " + b"a" * 60_000 + b"\rb\r\n",
+                                  b"Host: h\r\n" * 50 + b"a" * 60_000 + b"\r\n"])
+def test_a_long_malformed_header_line_is_refused_at_once(parser: LeanGeventWorker, line: bytes) -> None:
+    # Scanning for header lines anywhere in a malformed block retries at every offset of a long run
+    # of name characters: 60 KB would take tens of seconds. The block is matched whole first.
+    parser._limit_field_size = sys.maxsize
+    started = time.monotonic()
+    with pytest.raises(BadRequest) as refused:
+        parse(parser, b"GET / HTTP/1.1", line[:-2])
+    assert refused.value.status == 400 and time.monotonic() - started < 2.0
 
 
 # --------------------------------------------------------------------------------------------
