@@ -47,6 +47,15 @@ class StackError(RuntimeError):
     """A process did not start or stop as expected; the message carries the tail of its log."""
 
 
+def python_child(script: str, *args: str, timeout: float = 60.0) -> str:
+    """What ``script`` printed, run by a fresh interpreter from the repository root, for a test that
+    needs a process of its own (gevent's monkey-patching, a fork); the test fails with the tail of
+    the child's stderr unless it exits 0."""
+    done = subprocess.run([PYTHON, "-c", script, *args], capture_output=True, text=True, cwd=ROOT, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
 def free_port() -> int:
     """A TCP port that was free on 127.0.0.1 a moment ago."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

@@ -25,8 +25,8 @@ from gunicorn.glogging import Logger
 
 from servers import access_log
 from servers.access_log import FastAccessLogger, format_keys
+from tests._stack import ROOT, python_child
 
-ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ast.literal_eval(next(
     line.split("=", 1)[1].strip() for line in (ROOT / "conf" / "gunicorn.conf.py").read_text().splitlines()
     if line.startswith("access_log_format =")))
@@ -353,11 +353,7 @@ print("child wrote the parent's line:", status != 0)
 
 
 def test_a_gevent_worker_writes_the_lines_of_one_loop_turn_at_once(tmp_path: Path) -> None:
-    import subprocess
-
-    out = subprocess.run([sys.executable, "-c", _BATCHED], capture_output=True, text=True, cwd=ROOT, timeout=60)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.splitlines() == [
+    assert python_child(_BATCHED).splitlines() == [
         "before the loop turns: ''",
         "after: ['POST /a HTTP/1.1', 'POST /b HTTP/1.1', 'POST /c HTTP/1.1'] writes: 1",
         "flushed: POST /d HTTP/1.1",

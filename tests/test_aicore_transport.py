@@ -7,21 +7,17 @@ import os
 import socket
 import socketserver
 import ssl
-import subprocess
-import sys
 import textwrap
 import threading
 import time
 import typing as t
-from pathlib import Path
 
 import pytest
 import trustme
 
+from tests._stack import python_child
 from wsgiproxy.aicore.transport import READ_SIZE, STREAM_ERRORS, Transport, discard, read_error, release
 from wsgiproxy.errors import UpstreamTimeout, UpstreamUnreachable
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 class Scripted(socketserver.ThreadingTCPServer):
@@ -689,9 +685,8 @@ def test_pool_waits_cooperatively_under_gevent(tls: tuple[ssl.SSLContext, str]) 
     ca = trustme.CA()
     cert = ca.issue_cert("localhost")
     with cert.private_key_and_cert_chain_pem.tempfile() as chain, ca.cert_pem.tempfile() as ca_path:
-        done = subprocess.run([sys.executable, "-c", script, chain, ca_path], cwd=ROOT, capture_output=True,
-                              text=True, timeout=60)
-    assert done.returncode == 0 and done.stdout.strip() == "OK", done.stderr[-3000:]
+        printed = python_child(script, chain, ca_path)
+    assert printed.strip() == "OK"
 
 
 @pytest.mark.parametrize("scheme", ["http", "https"])
@@ -756,9 +751,8 @@ def test_a_stream_read_without_waiting_under_gevent(scheme: str, tls: tuple[ssl.
     ca = trustme.CA()
     cert = ca.issue_cert("localhost")
     with cert.private_key_and_cert_chain_pem.tempfile() as chain, ca.cert_pem.tempfile() as ca_path:
-        done = subprocess.run([sys.executable, "-c", script, chain, ca_path, scheme], cwd=ROOT, capture_output=True,
-                              text=True, timeout=60)
-    assert done.returncode == 0 and done.stdout.startswith("OK"), done.stderr[-3000:]
+        printed = python_child(script, chain, ca_path, scheme)
+    assert printed.startswith("OK")
 
 
 # --- name resolution ------------------------------------------------------------------------------

@@ -12,14 +12,13 @@ from __future__ import annotations
 import gc
 import io
 import json
-import subprocess
 import sys
 import typing as t
 
 import pytest
 
 from servers import gunicorn_hooks
-from tests._stack import ROOT
+from tests._stack import python_child
 from tests.fakes import FakeTransport, response, stream_response
 from tests.test_proxy import AUTH, CHAT, COMPLETION, KEY, STREAM, settings
 from wsgiproxy.aicore.http11 import ResponseBroken
@@ -152,6 +151,4 @@ def test_gc_threshold_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> N
 def test_tune_gc(threshold: int, expected: str) -> None:
     code = ("import gc; from servers.gunicorn_hooks import tune_gc; "
             f"tune_gc({threshold}); print(gc.get_threshold(), gc.get_freeze_count() > 0)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == expected
+    assert python_child(code).strip() == expected

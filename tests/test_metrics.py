@@ -18,6 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from werkzeug.test import Client
 
+from tests._stack import ROOT, python_child
 from tests.fakes import FakeTransport, PushableResponse, response, stream_response
 from tests.test_proxy import AUTH, CHAT, COMPLETION, KEY, STREAM, settings
 from wsgiproxy.aicore.catalog import Deployment
@@ -28,8 +29,6 @@ from wsgiproxy.logs import RequestIdFilter, UsageLog, usage_line
 from wsgiproxy.metrics import BUCKETS, Metrics, status_label
 from wsgiproxy.proxy import WsgiProxy, create_app
 from wsgiproxy.record import RequestRecord
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 class App:
@@ -330,14 +329,8 @@ print("closed:", json.loads(open(path).read().splitlines()[-1])["request_id"])
 
 
 def test_under_gevent_the_usage_lines_of_one_loop_turn_go_out_in_one_write(tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
     path = tmp_path / "usage.log"
-    out = subprocess.run([sys.executable, "-c", _USAGE_UNDER_GEVENT, str(path)], capture_output=True, text=True,
-                         cwd=ROOT, timeout=60)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.splitlines() == [
+    assert python_child(_USAGE_UNDER_GEVENT, str(path)).splitlines() == [
         "before the loop turns: True",
         "after: ['r1', 'r2', 'r3'] writes: 1",
         "closed: r4",
@@ -398,13 +391,8 @@ print(json.dumps(out))
 
 
 def _run_batch_script(flush_seconds: str, mode: str) -> dict[str, t.Any]:
-    import subprocess
-    import sys
-
-    done = subprocess.run([sys.executable, "-c", _BATCH_SCRIPT, flush_seconds, mode], capture_output=True,
-                          text=True, timeout=60, cwd=ROOT)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return t.cast("dict[str, t.Any]", json.loads(done.stdout.strip().splitlines()[-1]))
+    printed = python_child(_BATCH_SCRIPT, flush_seconds, mode)
+    return t.cast("dict[str, t.Any]", json.loads(printed.strip().splitlines()[-1]))
 
 
 def _samples(text: str, prefix: str) -> dict[str, float]:

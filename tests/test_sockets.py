@@ -8,10 +8,9 @@ from __future__ import annotations
 import errno
 import json
 import socket
-import subprocess
-import sys
 import textwrap
 
+from tests._stack import python_child
 from wsgiproxy.sockets import Deadlines, send_all, wait_readable
 
 _GEVENT_SCRIPT = textwrap.dedent("""
@@ -140,9 +139,7 @@ _GEVENT_SCRIPT = textwrap.dedent("""
 
 
 def test_gevent_waits_end_at_their_deadline() -> None:
-    done = subprocess.run([sys.executable, "-c", _GEVENT_SCRIPT], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr[-3000:]
-    out = json.loads(done.stdout.strip().splitlines()[-1])
+    out = json.loads(python_child(_GEVENT_SCRIPT).strip().splitlines()[-1])
     tick = out["tick"]
     assert out["blocking"] is True
     assert 0.3 <= out["expired"] <= 0.3 + tick + 0.3

@@ -5,13 +5,8 @@ This test process is not gevent-patched; the gevent cases run in a child interpr
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
+from tests._stack import python_child
 from wsgiproxy.turns import TurnBuffer
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_without_gevent_every_line_is_written_at_once() -> None:
@@ -58,10 +53,7 @@ print("the parent's:", writes[-1])
 
 
 def test_under_gevent_the_lines_of_one_turn_go_out_in_one_write() -> None:
-    out = subprocess.run([sys.executable, "-c", _UNDER_GEVENT], capture_output=True, text=True, cwd=ROOT,
-                         timeout=60)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.splitlines() == [
+    assert python_child(_UNDER_GEVENT).splitlines() == [
         "before the loop turns: []",
         "after: [['a', 'b', 'c']]",
         "flushed: ['d']",
